@@ -1,0 +1,1 @@
+"""One module per ``bench`` subcommand group; each exposes ``register(subparsers)``."""
