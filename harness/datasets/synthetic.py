@@ -67,8 +67,7 @@ def class_names(source: SyntheticSourceLike) -> tuple[str, ...]:
             )
         return names
     raise InputError(
-        f"synthetic source: unknown generator {source.generator!r} "
-        f"(known: {', '.join(GENERATORS)})"
+        f"synthetic source: unknown generator {source.generator!r} (known: {', '.join(GENERATORS)})"
     )
 
 
@@ -81,12 +80,16 @@ def generate(
     """
     names = class_names(source)  # validates generator and params
     if not isinstance(image_size, int) or image_size < 8:
-        raise InputError(f"synthetic {source.generator}: image_size must be >= 8, got {image_size!r}")
+        raise InputError(
+            f"synthetic {source.generator}: image_size must be an integer >= 8, got {image_size!r}"
+        )
     render = _render_shapes if source.generator == "shapes-v1" else _render_xray
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for split, count in splits.items():
         if not isinstance(count, int) or count < 0:
-            raise InputError(f"synthetic split {split!r}: size must be an integer >= 0, got {count!r}")
+            raise InputError(
+                f"synthetic split {split!r}: size must be an integer >= 0, got {count!r}"
+            )
         rng = np.random.Generator(np.random.PCG64(_split_seed(source.seed, split)))
         labels = rng.permutation(np.arange(count, dtype=np.int64) % len(names)).astype(np.int32)
         images = np.empty((count, image_size, image_size, 3), dtype=np.uint8)
@@ -157,8 +160,9 @@ _MASKS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "square": lambda u, v: np.maximum(np.abs(u), np.abs(v)) < 0.8,
     "triangle": lambda u, v: (v > -0.5) & (v < 1.0 - 1.732 * np.abs(u)),
     "ring": lambda u, v: (u * u + v * v < 1.0) & (u * u + v * v > 0.36),
-    "plus": lambda u, v: ((np.abs(u) < 0.32) | (np.abs(v) < 0.32))
-    & (np.maximum(np.abs(u), np.abs(v)) < 1.0),
+    "plus": lambda u, v: (
+        ((np.abs(u) < 0.32) | (np.abs(v) < 0.32)) & (np.maximum(np.abs(u), np.abs(v)) < 1.0)
+    ),
     "diamond": lambda u, v: np.abs(u) + np.abs(v) < 1.0,
     "star": lambda u, v: np.sqrt(u * u + v * v) < 0.55 + 0.45 * np.cos(5.0 * np.arctan2(v, u)),
     "bars": lambda u, v: (np.abs(u) < 0.9) & (np.abs(np.abs(v) - 0.5) < 0.25),
@@ -169,9 +173,9 @@ _TEXTURES: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], 
     "solid": lambda u, v, f, p: np.ones_like(u),
     "stripes": lambda u, v, f, p: (np.sin(u * f + p) > 0).astype(np.float32),
     "checker": lambda u, v, f, p: (np.sin(u * f + p) * np.sin(v * f + p) > 0).astype(np.float32),
-    "dots": lambda u, v, f, p: (
-        np.cos(u * f * 0.8 + p) + np.cos(v * f * 0.8 + p) > 0.9
-    ).astype(np.float32),
+    "dots": lambda u, v, f, p: (np.cos(u * f * 0.8 + p) + np.cos(v * f * 0.8 + p) > 0.9).astype(
+        np.float32
+    ),
     "rings": lambda u, v, f, p: (np.sin(np.sqrt(u * u + v * v) * f * 1.3 + p) > 0).astype(
         np.float32
     ),
@@ -202,22 +206,21 @@ def _render_shapes(
     colour_a = _random_colours(rng, n)
     colour_b = _random_colours(rng, n)
     bg = _random_colours(rng, n)
-    bg_waves = rng.uniform(-1.0, 1.0, (n, 3, 4))  # two low-frequency waves: kx, ky, phase, amp
+    kx, ky, kp, amp = rng.uniform(-1.0, 1.0, (4, n))  # a low-frequency shading wave
     # Keep the two texture colours apart so the texture stays visible.
     low_contrast = np.abs(colour_a - colour_b).sum(axis=1) < 0.6
     colour_b[low_contrast] = 1.0 - colour_a[low_contrast]
 
     # Background: a colour with a low-frequency shading wave.
     img = np.empty((n, size, size, 3), dtype=np.float32)
-    wave = _col(bg_waves[:, 0, 3] * 0.15) * np.sin(
-        _col(bg_waves[:, 0, 0] * 3) * xx + _col(bg_waves[:, 0, 1] * 3) * yy + _col(bg_waves[:, 0, 2] * 3)
-    )
+    wave = _col(amp * 0.15) * np.sin(_col(kx * 3) * xx + _col(ky * 3) * yy + _col(kp * 3))
     img[:] = bg[:, None, None, :]
     img += wave[..., None]
 
     # Clutter: small solid blobs and thin lines in random colours.
     for _ in range(clutter):
-        kx, ky, kr = rng.uniform(-1.0, 1.0, n), rng.uniform(-1.0, 1.0, n), rng.uniform(0.06, 0.16, n)
+        kx, ky = rng.uniform(-1.0, 1.0, (2, n))
+        kr = rng.uniform(0.06, 0.16, n)
         ang = rng.uniform(0.0, np.pi, n)
         is_line = rng.uniform(0.0, 1.0, n) < 0.5
         colour = _random_colours(rng, n)
@@ -246,9 +249,10 @@ def _render_shapes(
         idx = np.flatnonzero(texture_of == i)
         if idx.size:
             blend[idx] = _TEXTURES[name](u[idx], v[idx], _col(freq[idx]), _col(phase[idx]))
-    fg = blend[..., None] * colour_a[:, None, None, :] + (1.0 - blend[..., None]) * colour_b[
-        :, None, None, :
-    ]
+    fg = (
+        blend[..., None] * colour_a[:, None, None, :]
+        + (1.0 - blend[..., None]) * colour_b[:, None, None, :]
+    )
     img = np.where(mask[..., None], fg, img)
 
     img += rng.normal(0.0, noise, img.shape).astype(np.float32)
@@ -280,7 +284,7 @@ def _render_xray(
 
     x = xx - _col(shift[0]) + _col(tilt) * yy
     y = yy - _col(shift[1])
-    body = np.exp(-((x / 0.95) ** 2) ** 2 - (y / 1.1) ** 4)  # soft radial falloff
+    body = np.exp(-(((x / 0.95) ** 2) ** 2) - (y / 1.1) ** 4)  # soft radial falloff
     img = _col(brightness) * body
 
     def lobe(sign: float) -> np.ndarray:
