@@ -1,0 +1,365 @@
+"""The data manifest: every dataset and pretrained weights file, as typed, validated records.
+
+``data/manifest.json`` (kind ``transfer-bench.manifest``, schema 1) lists each input with
+its source (an https URL, a local archive, a synthetic generator + seed, or a rule that
+derives it from another dataset), its pinned size and hash, the archive layout, class names
+or a class count, split sizes and the digest of the prepared cache per image size.
+:func:`load_manifest` refuses anything malformed with one line naming the file and field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from harness import jsonio, paths
+from harness.errors import InputError
+
+MANIFEST_KIND = "transfer-bench.manifest"
+MANIFEST_SCHEMA = 1
+
+# Plain http is accepted only for loopback servers (the tests' local server).
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass(frozen=True)
+class HttpsSource:
+    """A file downloaded from ``url``; pinned by sha256 (or md5 where that is all there is)."""
+
+    url: str
+    filename: str
+    size: int | None = None
+    sha256: str | None = None
+    md5: str | None = None
+    type: str = "https"
+
+    @property
+    def pinned(self) -> bool:
+        return bool(self.sha256 or self.md5)
+
+
+@dataclass(frozen=True)
+class LocalSource:
+    """An archive the user supplies with ``bench data fetch NAME --from PATH``."""
+
+    filename: str
+    size: int | None = None
+    sha256: str | None = None
+    md5: str | None = None
+    type: str = "local"
+
+    @property
+    def pinned(self) -> bool:
+        return bool(self.sha256 or self.md5)
+
+
+@dataclass(frozen=True)
+class FileSource:
+    """A file shipped in the repository, ``path`` relative to the project root."""
+
+    path: str
+    size: int | None = None
+    sha256: str | None = None
+    type: str = "file"
+
+    @property
+    def filename(self) -> str:
+        return Path(self.path).name
+
+    @property
+    def pinned(self) -> bool:
+        return bool(self.sha256)
+
+
+@dataclass(frozen=True)
+class SyntheticSource:
+    """Images generated deterministically by ``harness.datasets.synthetic`` from ``seed``."""
+
+    generator: str
+    seed: int
+    params: dict[str, Any] = field(default_factory=dict)
+    type: str = "synthetic"
+
+
+@dataclass(frozen=True)
+class DerivedSource:
+    """A subset of dataset ``parent`` selected by ``rule`` (no files are copied)."""
+
+    parent: str
+    rule: dict[str, Any]
+    type: str = "derived"
+
+
+Source = HttpsSource | LocalSource | FileSource | SyntheticSource | DerivedSource
+FetchedSource = HttpsSource | LocalSource
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """One dataset: where it comes from, its classes and splits, its pinned prepared digests."""
+
+    name: str
+    source: Source
+    class_names: tuple[str, ...] | None
+    num_classes: int
+    channels: int
+    splits: dict[str, int]
+    prepared: dict[str, dict[str, Any]]
+    layout: dict[str, Any]
+    description: str = ""
+    license: str = ""
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def pinned_digest(self, image_size: int) -> str | None:
+        """The pinned sha256 of the prepared cache at ``image_size``, if any."""
+        pin = self.prepared.get(str(image_size))
+        return pin.get("digest") if pin else None
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of everything that determines the prepared cache (not the pins themselves)."""
+        keep = {k: v for k, v in self.raw.items() if k not in ("prepared", "description")}
+        source = dict(keep.get("source", {}))
+        for volatile in ("size", "sha256", "md5", "url"):
+            source.pop(volatile, None)
+        keep["source"] = source
+        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class WeightsEntry:
+    """One pretrained weights file and the architecture it belongs to."""
+
+    name: str
+    source: HttpsSource | FileSource
+    sha256: str | None
+    size: int | None
+    architecture: dict[str, Any]
+    pretrained_on: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The parsed manifest; ``digest`` is the sha256 of the file's bytes."""
+
+    path: Path
+    digest: str
+    datasets: dict[str, DatasetEntry]
+    weights: dict[str, WeightsEntry]
+    raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
+
+    def dataset(self, name: str) -> DatasetEntry:
+        try:
+            return self.datasets[name]
+        except KeyError:
+            known = ", ".join(sorted(self.datasets)) or "none"
+            raise InputError(f"unknown dataset {name!r} in {self.path} (known: {known})") from None
+
+    def weight(self, name: str) -> WeightsEntry:
+        try:
+            return self.weights[name]
+        except KeyError:
+            known = ", ".join(sorted(self.weights)) or "none"
+            raise InputError(f"unknown weights {name!r} in {self.path} (known: {known})") from None
+
+    def entry(self, name: str) -> DatasetEntry | WeightsEntry:
+        """A dataset or weights entry by name (datasets first)."""
+        if name in self.datasets:
+            return self.datasets[name]
+        if name in self.weights:
+            return self.weights[name]
+        known = ", ".join(sorted([*self.datasets, *self.weights])) or "none"
+        raise InputError(f"unknown dataset or weights {name!r} in {self.path} (known: {known})")
+
+
+class _Fields:
+    """Typed access to one JSON object, with errors naming the file and the field path."""
+
+    def __init__(self, obj: Any, where: str, path: Path) -> None:
+        self.where = where
+        self.path = path
+        if not isinstance(obj, dict):
+            self.fail(f"expected an object, got {json.dumps(obj)[:60]}")
+        self.obj: dict[str, Any] = obj
+
+    def fail(self, what: str, key: str | None = None) -> None:
+        at = f"{self.where}.{key}" if key else self.where
+        raise InputError(f"{self.path}: {at}: {what}")
+
+    def req(self, key: str, kind: type | tuple[type, ...]) -> Any:
+        if key not in self.obj:
+            self.fail("missing field", key)
+        return self._check(key, self.obj[key], kind)
+
+    def opt(self, key: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
+        value = self.obj.get(key)
+        return default if value is None else self._check(key, value, kind)
+
+    def _check(self, key: str, value: Any, kind: type | tuple[type, ...]) -> Any:
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+        if not ok:
+            names = " or ".join(k.__name__ for k in kinds)
+            self.fail(f"expected {names}, got {json.dumps(value)[:60]}", key)
+        return value
+
+    def sub(self, key: str) -> _Fields:
+        return _Fields(self.req(key, dict), f"{self.where}.{key}", self.path)
+
+
+def _hexdigest(f: _Fields, key: str, length: int) -> str | None:
+    value = f.opt(key, str)
+    if value is not None and (
+        len(value) != length or any(c not in "0123456789abcdef" for c in value)
+    ):
+        f.fail(f"expected {length} lowercase hex digits, got {value!r}", key)
+    return value
+
+
+def _size(f: _Fields) -> int | None:
+    size = f.opt("size", int)
+    if size is not None and size < 0:
+        f.fail(f"expected a size >= 0, got {size}", "size")
+    return size
+
+
+def _parse_source(f: _Fields, *, allowed: tuple[str, ...]) -> Source:
+    kind = f.req("type", str)
+    if kind not in allowed:
+        f.fail(f"unknown source type {kind!r} (expected one of: {', '.join(allowed)})", "type")
+    if kind == "https":
+        url = f.req("url", str)
+        parts = urlsplit(url)
+        loopback_http = parts.scheme == "http" and parts.hostname in _LOOPBACK_HOSTS
+        if parts.scheme != "https" and not loopback_http:
+            f.fail(f"expected an https:// URL, got {url!r}", "url")
+        default_name = Path(parts.path).name
+        filename = f.opt("filename", str, default_name)
+        if not filename or "/" in filename:
+            f.fail(f"expected a plain file name, got {filename!r}", "filename")
+        return HttpsSource(
+            url=url,
+            filename=filename,
+            size=_size(f),
+            sha256=_hexdigest(f, "sha256", 64),
+            md5=_hexdigest(f, "md5", 32),
+        )
+    if kind == "local":
+        filename = f.req("filename", str)
+        if not filename or "/" in filename:
+            f.fail(f"expected a plain file name, got {filename!r}", "filename")
+        return LocalSource(
+            filename=filename,
+            size=_size(f),
+            sha256=_hexdigest(f, "sha256", 64),
+            md5=_hexdigest(f, "md5", 32),
+        )
+    if kind == "file":
+        rel = f.req("path", str)
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            f.fail(f"expected a path inside the project, got {rel!r}", "path")
+        return FileSource(path=rel, size=_size(f), sha256=_hexdigest(f, "sha256", 64))
+    if kind == "synthetic":
+        return SyntheticSource(
+            generator=f.req("generator", str),
+            seed=f.req("seed", int),
+            params=dict(f.opt("params", dict, {})),
+        )
+    return DerivedSource(parent=f.req("parent", str), rule=dict(f.req("rule", dict)))
+
+
+def _parse_classes(f: _Fields) -> tuple[tuple[str, ...] | None, int]:
+    classes = f.req("classes", (list, dict))
+    if isinstance(classes, list):
+        if not classes or not all(isinstance(c, str) and c for c in classes):
+            f.fail("expected a non-empty list of class names", "classes")
+        if len(set(classes)) != len(classes):
+            f.fail("class names are not unique", "classes")
+        return tuple(classes), len(classes)
+    count = f.sub("classes").req("count", int)
+    if count < 1:
+        f.fail(f"expected a class count >= 1, got {count}", "classes.count")
+    return None, count
+
+
+def _parse_dataset(name: str, f: _Fields) -> DatasetEntry:
+    source = _parse_source(f.sub("source"), allowed=("https", "local", "synthetic", "derived"))
+    class_names, num_classes = _parse_classes(f)
+    channels = f.req("channels", int)
+    if channels not in (1, 3):
+        f.fail(f"expected 1 or 3, got {channels}", "channels")
+    splits_f = f.sub("splits")
+    splits = {}
+    for split in splits_f.obj:
+        count = splits_f.req(split, int)
+        if count < 0:
+            splits_f.fail(f"expected a count >= 0, got {count}", split)
+        splits[split] = count
+    if not splits:
+        f.fail("expected at least one split", "splits")
+    prepared_f = f.sub("prepared") if "prepared" in f.obj else None
+    prepared: dict[str, dict[str, Any]] = {}
+    if prepared_f is not None:
+        for size in prepared_f.obj:
+            if not size.isdigit():
+                prepared_f.fail(f"expected an image size like '224', got {size!r}", size)
+            pin = prepared_f.sub(size)
+            _hexdigest(pin, "digest", 64)
+            pin.req("digest", str)
+            prepared[size] = dict(pin.obj)
+    layout = dict(f.opt("layout", dict, {}))
+    if isinstance(source, HttpsSource | LocalSource):
+        f.sub("layout").req("format", str)
+    return DatasetEntry(
+        name=name,
+        source=source,
+        class_names=class_names,
+        num_classes=num_classes,
+        channels=channels,
+        splits=splits,
+        prepared=prepared,
+        layout=layout,
+        description=f.opt("description", str, ""),
+        license=f.opt("license", str, ""),
+        raw=f.obj,
+    )
+
+
+def _parse_weights(name: str, f: _Fields) -> WeightsEntry:
+    source = _parse_source(f.sub("source"), allowed=("https", "file"))
+    assert isinstance(source, HttpsSource | FileSource)
+    sha256 = source.sha256 or _hexdigest(f, "sha256", 64)
+    size = source.size if source.size is not None else _size(f)
+    return WeightsEntry(
+        name=name,
+        source=source,
+        sha256=sha256,
+        size=size,
+        architecture=dict(f.req("architecture", dict)),
+        pretrained_on=f.req("pretrained_on", str),
+        description=f.opt("description", str, ""),
+    )
+
+
+def load_manifest(path: Path | None = None) -> Manifest:
+    """Read and validate the manifest (default: ``data/manifest.json`` of the project)."""
+    path = Path(path) if path is not None else paths.manifest_path()
+    obj = jsonio.read_json(path, kind=MANIFEST_KIND, schema=MANIFEST_SCHEMA)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    top = _Fields(obj, "manifest", path)
+    datasets_f = top.sub("datasets")
+    weights_f = top.sub("weights") if "weights" in obj else _Fields({}, "weights", path)
+    datasets = {n: _parse_dataset(n, datasets_f.sub(n)) for n in datasets_f.obj}
+    weights = {n: _parse_weights(n, weights_f.sub(n)) for n in weights_f.obj}
+    for entry in datasets.values():
+        if isinstance(entry.source, DerivedSource) and entry.source.parent not in datasets:
+            raise InputError(
+                f"{path}: datasets.{entry.name}.source.parent: unknown dataset "
+                f"{entry.source.parent!r}"
+            )
+    return Manifest(path=path, digest=digest, datasets=datasets, weights=weights, raw=obj)
