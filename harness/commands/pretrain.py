@@ -1,0 +1,77 @@
+"""``bench pretrain NAME``: train the weights that manifest entry NAME describes.
+
+NAME is a weights entry whose ``pretrained_on`` dataset is prepared on demand (synthetic
+sources) and whose ``architecture`` (MobileNetV2, alpha, input size, no top) is built;
+the backbone's weights go to the entry's file path unless ``--out`` says otherwise.
+The command prints the new file's sha256 and size and what to pin in the manifest.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from harness import paths
+from harness.errors import InputError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pretrain",
+        help="pretrain a backbone on a synthetic source (the shipped smoke weights)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("name", metavar="NAME", help="weights entry in data/manifest.json")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default: 40)")
+    p.add_argument("--batch-size", type=int, default=None, help="batch size (default: 64)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--limit", type=int, default=None, help="train on the first N images only")
+    p.add_argument("--out", type=Path, default=None, help="where to write *.weights.h5")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from harness.manifest import FileSource, load_manifest
+    from harness.pretrain import PretrainConfig, pretrain
+
+    entry = load_manifest().weight(args.name)
+    arch = entry.architecture
+    if arch.get("model") != "mobilenet_v2" or arch.get("include_top", False):
+        raise InputError(
+            f"weights {args.name!r}: `bench pretrain` trains headless mobilenet_v2 backbones, "
+            f"the entry's architecture is {arch!r}"
+        )
+    out = args.out
+    if out is None:
+        if not isinstance(entry.source, FileSource):
+            raise InputError(
+                f"weights {args.name!r} is not a file in the repository (source "
+                f"{type(entry.source).__name__}): pass --out PATH"
+            )
+        out = paths.project_root() / entry.source.path
+    overrides = {
+        k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size)) if v is not None
+    }
+    config = PretrainConfig(
+        dataset=entry.pretrained_on,
+        image_size=int(arch["input_size"]),
+        alpha=float(arch["alpha"]),
+        seed=args.seed,
+        limit=args.limit,
+        **overrides,
+    )
+    result = pretrain(config, out, verbose=0 if args.quiet else 2)
+    test = "n/a" if result.test_accuracy is None else f"{result.test_accuracy:.4f}"
+    print(
+        f"trained {args.name} on {config.dataset} in {result.seconds:.0f} s: accuracy "
+        f"train {result.train_accuracy:.4f}, val {result.val_accuracy:.4f}, test {test}"
+    )
+    print(f"wrote {result.weights} ({result.size} bytes) and {result.sidecar}")
+    print(f"sha256 {result.sha256}")
+    print(
+        f"to pin: set weights.{args.name}.sha256 = {result.sha256!r} and .size = {result.size} "
+        f"in data/manifest.json, or run `bench data pin {args.name}`"
+    )
+    return 0
