@@ -1,0 +1,44 @@
+"""``bench report RUN [--baseline FILE] [--out DIR]``: markdown + PNG report of a run."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from harness import baseline, compare, report, results
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="write report.md and plots for a run",
+        description=(
+            "Write <run>/report/report.md (or DIR/report.md): the results matrix, findings, "
+            "baseline verdicts when a baseline exists, the environment, and PNG plots."
+        ),
+    )
+    p.add_argument("run", metavar="RUN", help="run id under reports/runs/, or a run folder")
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="FILE",
+        help="baseline file (default: reports/baselines/<profile>.json if it exists)",
+    )
+    p.add_argument("--out", type=Path, metavar="DIR", help="output folder (default <run>/report)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    run_dir = baseline.resolve_run_dir(args.run)
+    info = results.read_run(run_dir)
+    path = args.baseline or baseline.default_path(info.profile)
+    comparison = None
+    if args.baseline is not None or path.is_file():
+        comparison = compare.compare_run(run_dir, path)
+    out = report.write_report(run_dir, comparison=comparison, out_dir=args.out)
+    print(f"report: {out}")
+    if comparison is not None:
+        print(comparison.summary())
+    else:
+        print(f"no baseline for profile {info.profile} ({path})")
+    return 0

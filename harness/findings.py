@@ -1,0 +1,310 @@
+"""Findings computed from a run's numbers: who won where, and did the rules of thumb hold.
+
+The transfer-learning notes (``seeds/004``) give three rules of thumb:
+
+* small data, similar domain: retrain only the head (a frozen-backbone strategy is
+  competitive with, or better than, fine-tuning);
+* big data, similar domain: fine-tune everything (an all-layers strategy wins);
+* big data, different domain: training from scratch can win (or is competitive).
+
+Each is checked on every dataset of the matching regime and stated as ``held``,
+``did not hold`` or ``not enough data`` — never asserted without the numbers.
+"Competitive" means within the profile's accuracy tolerance (``accuracy_points``).
+
+A dataset's regime comes, in order, from: ``cell.config["regime"]`` (as the runner
+resolves it from the matrix), ``cell.extra["regime"]``, the manifest entry's
+``"regime"`` field. A regime is a dict ``{"data": "small"|"big", "domain":
+"similar"|"different"}`` or a string like ``"small-similar"``. Failing that it is
+derived: data size from the train split (``< SMALL_TRAIN_IMAGES`` images is small),
+domain "different" when the dataset is single-channel (grayscale) while the
+pretrained weights are not — a weak heuristic, stated as "derived" in the report.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from harness.results import CellResult
+
+HELD = "held"
+NOT_HELD = "did not hold"
+NOT_ENOUGH = "not enough data"
+
+# Fallback size threshold: the experiment's few-class set (birds-30, 3000 train images) is
+# "small"; its chest X-ray (4708) and 400-class birds (58388) sets are the "big" regimes.
+SMALL_TRAIN_IMAGES = 4000
+
+SCRATCH = "scratch"
+HEAD_ONLY = ("feature-extract", "linear-probe")  # backbone frozen: only the head learns
+ALL_LAYERS = ("full-fine-tune", "two-stage")  # pretrained init, every layer ends up training
+PRETRAINED = ("feature-extract", "linear-probe", "fine-tune", "full-fine-tune", "two-stage")
+
+# The experiment's own names for our strategies (design.md), for the report's tables.
+EXPERIMENT_NAMES: dict[str, str] = {
+    "scratch": "scratch",
+    "feature-extract": "pretrain",
+    "fine-tune": "fine tuning (140)",
+    "full-fine-tune": "initialize pretrain",
+    "two-stage": "two-stage (notes)",
+    "linear-probe": "linear classifier (notes)",
+}
+
+
+@dataclass(frozen=True)
+class Regime:
+    """A dataset's regime and how it was determined."""
+
+    data: str | None  # "small" | "big" | None (unknown)
+    domain: str | None  # "similar" | "different" | None (unknown)
+    source: str  # e.g. "config", "manifest", "derived: 600 train images < 4000; 3 channels"
+
+    @property
+    def label(self) -> str:
+        return f"{self.data or '?'} data, {self.domain or '?'} domain"
+
+
+@dataclass(frozen=True)
+class StrategyScore:
+    """Mean accuracy (%) of one strategy on one dataset over its ok cells."""
+
+    strategy: str
+    accuracy: float  # percent
+    n: int  # cells averaged (seeds × precisions)
+
+
+@dataclass(frozen=True)
+class DatasetFinding:
+    """The ranking of strategies on one dataset."""
+
+    dataset: str
+    regime: Regime
+    metric: str  # "test accuracy" or "best val accuracy"
+    scores: tuple[StrategyScore, ...]  # best first
+    failed: tuple[str, ...]  # cell ids that failed
+
+    @property
+    def winner(self) -> StrategyScore | None:
+        return self.scores[0] if self.scores else None
+
+    @property
+    def margin(self) -> float | None:
+        """Points between the winner and the runner-up (None with fewer than two)."""
+        return self.scores[0].accuracy - self.scores[1].accuracy if len(self.scores) > 1 else None
+
+    def score(self, strategy: str) -> StrategyScore | None:
+        return next((s for s in self.scores if s.strategy == strategy), None)
+
+
+@dataclass(frozen=True)
+class RuleCheck:
+    """One rule of thumb on one dataset (or on none, when no dataset has the regime)."""
+
+    rule: str
+    regime: str  # "small similar", "big similar", "big different"
+    dataset: str | None
+    status: str  # HELD, NOT_HELD or NOT_ENOUGH
+    evidence: str
+
+
+@dataclass(frozen=True)
+class Findings:
+    datasets: tuple[DatasetFinding, ...]
+    rules: tuple[RuleCheck, ...]
+    tolerance_points: float
+
+
+def _parse_regime(value: Any, source: str) -> Regime | None:
+    if isinstance(value, dict):
+        data, domain = value.get("data") or value.get("size"), value.get("domain")
+    elif isinstance(value, str):
+        parts = value.replace("_", "-").replace(" ", "-").lower().split("-")
+        data = next((p for p in parts if p in ("small", "big", "large")), None)
+        domain = next((p for p in parts if p in ("similar", "different")), None)
+    else:
+        return None
+    data = "big" if data == "large" else data
+    if data not in ("small", "big", None) or domain not in ("similar", "different", None):
+        return None
+    return Regime(data, domain, source)
+
+
+def regime_of(
+    dataset: str,
+    cells: list[CellResult],
+    manifest_entry: Any | None = None,
+) -> Regime:
+    """The regime of ``dataset``: from its cells' config, the manifest, or derived (module doc)."""
+    for c in cells:
+        for where, container in (("config", c.config), ("cell extra", c.extra)):
+            found = _parse_regime(container.get("regime"), where) if container else None
+            if found is not None:
+                return found
+    raw = getattr(manifest_entry, "raw", None) or {}
+    found = _parse_regime(raw.get("regime"), "manifest")
+    if found is not None:
+        return found
+    train = _train_images(cells, manifest_entry)
+    channels = _channels(cells, manifest_entry)
+    data = None if train is None else ("small" if train < SMALL_TRAIN_IMAGES else "big")
+    domain = None
+    if channels is not None:
+        domain = "different" if channels == 1 else "similar"  # pretrained on colour images
+    why = [
+        f"{train} train images {'<' if data == 'small' else '>='} {SMALL_TRAIN_IMAGES}"
+        if train is not None
+        else "train size unknown",
+        f"{channels} channel(s)" if channels is not None else "channels unknown",
+    ]
+    return Regime(data, domain, "derived: " + "; ".join(why))
+
+
+def _train_images(cells: list[CellResult], entry: Any | None) -> int | None:
+    for c in cells:
+        for key in ("train_examples", "train_images", "train_size"):
+            if isinstance(c.config.get(key), int):
+                return c.config[key]
+        splits = c.config.get("splits")
+        if isinstance(splits, dict) and isinstance(splits.get("train"), int):
+            return splits["train"]
+    splits = getattr(entry, "splits", None)
+    if isinstance(splits, dict) and isinstance(splits.get("train"), int):
+        return splits["train"]
+    return None
+
+
+def _channels(cells: list[CellResult], entry: Any | None) -> int | None:
+    for c in cells:
+        if isinstance(c.config.get("channels"), int):
+            return c.config["channels"]
+    channels = getattr(entry, "channels", None)
+    return channels if isinstance(channels, int) else None
+
+
+def _metric(cells: list[CellResult]) -> tuple[str, str]:
+    ok = [c for c in cells if c.ok]
+    if ok and all(c.test_accuracy is not None for c in ok):
+        return "test_accuracy", "test accuracy"
+    return "best_val_accuracy", "best val accuracy"
+
+
+def rank(dataset: str, cells: list[CellResult], regime: Regime) -> DatasetFinding:
+    """Mean accuracy per strategy on ``dataset`` (ok cells only), best first."""
+    attr, label = _metric(cells)
+    by_strategy: dict[str, list[float]] = defaultdict(list)
+    for c in cells:
+        value = getattr(c, attr)
+        if c.ok and value is not None:
+            by_strategy[c.strategy].append(100.0 * float(value))
+    scores = sorted(
+        (StrategyScore(s, statistics.fmean(v), len(v)) for s, v in by_strategy.items()),
+        key=lambda s: (-s.accuracy, s.strategy),
+    )
+    failed = tuple(c.cell_id for c in cells if not c.ok)
+    return DatasetFinding(dataset, regime, label, tuple(scores), failed)
+
+
+def _best(finding: DatasetFinding, strategies: tuple[str, ...]) -> StrategyScore | None:
+    group = [s for s in finding.scores if s.strategy in strategies]
+    return max(group, key=lambda s: s.accuracy) if group else None
+
+
+def _compare_groups(
+    finding: DatasetFinding,
+    ours: tuple[str, ...],
+    theirs: tuple[str, ...],
+    tol: float,
+    ours_name: str,
+    theirs_name: str,
+) -> tuple[str, str]:
+    a, b = _best(finding, ours), _best(finding, theirs)
+    if a is None or b is None:
+        lacking = ours_name if a is None else theirs_name
+        return NOT_ENOUGH, f"no ok {lacking} cell on {finding.dataset}"
+    gap = a.accuracy - b.accuracy
+    status = HELD if gap >= -tol else NOT_HELD
+    relation = "ahead of" if gap > 0 else ("level with" if gap == 0 else "behind")
+    evidence = (
+        f"{a.strategy} {a.accuracy:.1f}% vs {b.strategy} {b.accuracy:.1f}% "
+        f"({finding.metric}): {abs(gap):.1f} pts {relation} "
+        f"(competitive = within {tol:g} pts)"
+    )
+    return status, evidence
+
+
+RULES: tuple[tuple[str, str, str], ...] = (
+    (
+        "small",
+        "similar",
+        "retrain only the head: a frozen-backbone strategy is competitive "
+        "with or better than fine-tuning",
+    ),
+    ("big", "similar", "fine-tune everything: an all-layers strategy wins"),
+    ("big", "different", "training from scratch can win or is competitive"),
+)
+
+
+def check_rules(findings: list[DatasetFinding], tol: float) -> list[RuleCheck]:
+    """Every rule on every dataset of its regime; "not enough data" when none matches."""
+    out: list[RuleCheck] = []
+    for data, domain, text in RULES:
+        regime = f"{data} data, {domain} domain"
+        matching = [f for f in findings if f.regime.data == data and f.regime.domain == domain]
+        if not matching:
+            known = ", ".join(f"{f.dataset} ({f.regime.label})" for f in findings) or "none"
+            out.append(
+                RuleCheck(
+                    text, regime, None, NOT_ENOUGH, f"no dataset of this regime (run: {known})"
+                )
+            )
+            continue
+        for f in matching:
+            if (data, domain) == ("small", "similar"):
+                status, ev = _compare_groups(
+                    f, HEAD_ONLY, ("fine-tune", *ALL_LAYERS), tol, "head-only", "fine-tuning"
+                )
+            elif (data, domain) == ("big", "similar"):
+                others = tuple(s.strategy for s in f.scores if s.strategy not in ALL_LAYERS)
+                status, ev = _compare_groups(f, ALL_LAYERS, others, tol, "all-layers", "other")
+            else:
+                status, ev = _compare_groups(
+                    f, (SCRATCH,), PRETRAINED, tol, "scratch", "pretrained"
+                )
+            out.append(RuleCheck(text, regime, f.dataset, status, ev))
+    return out
+
+
+def compute(
+    cells: list[CellResult],
+    *,
+    tolerance_points: float,
+    manifest: Any | None = None,
+) -> Findings:
+    """Findings for a run's cells. ``manifest`` (a loaded Manifest) helps derive regimes."""
+    by_dataset: dict[str, list[CellResult]] = defaultdict(list)
+    for c in cells:
+        by_dataset[c.dataset].append(c)
+    ranked = []
+    for name in sorted(by_dataset):
+        entry = getattr(manifest, "datasets", {}).get(name) if manifest is not None else None
+        regime = regime_of(name, by_dataset[name], entry)
+        ranked.append(rank(name, by_dataset[name], regime))
+    return Findings(tuple(ranked), tuple(check_rules(ranked, tolerance_points)), tolerance_points)
+
+
+def winner_sentence(f: DatasetFinding, tol: float) -> str:
+    """One line: who won on a dataset and by how much (or that it was a tie)."""
+    if f.winner is None:
+        return f"**{f.dataset}**: no ok cell to rank."
+    w = f.winner
+    if f.margin is None:
+        return f"**{f.dataset}**: only {w.strategy} ran ok ({w.accuracy:.1f}% {f.metric})."
+    second = f.scores[1]
+    tie = " — within the tolerance, effectively a tie" if f.margin <= tol else ""
+    return (
+        f"**{f.dataset}** ({f.regime.label}): {w.strategy} won with {w.accuracy:.1f}% "
+        f"{f.metric}, {f.margin:.1f} pts ahead of {second.strategy} "
+        f"({second.accuracy:.1f}%){tie}."
+    )

@@ -1,0 +1,326 @@
+"""``report.md`` for a run: the results matrix, findings, baseline verdicts, environment, plots.
+
+Tables are GitHub-flavoured markdown rendered with tabulate; figures are PNGs from
+:mod:`harness.plots` in ``plots/`` beside the markdown. Default location:
+``<run>/report/report.md``. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from tabulate import tabulate
+
+from harness import findings as findings_mod
+from harness import plots, results
+from harness.compare import (
+    DEFAULT_TOLERANCES,
+    TABLE_HEADERS,
+    Comparison,
+    flatten,
+    table_rows,
+)
+from harness.jsonio import atomic_write_bytes
+from harness.results import CellResult, RunInfo, Throughput
+
+REPORT_NAME = "report.md"
+
+
+def _pct(x: float | None) -> str:
+    return "" if x is None else f"{100 * x:.1f}"
+
+
+def _rate(t: Throughput | None) -> str:
+    if t is None:
+        return ""
+    return f"{t.images_per_s:,.0f} [{t.images_per_s_p25:,.0f}–{t.images_per_s_p75:,.0f}]"
+
+
+def _mem(c: CellResult) -> str:
+    if c.peak_memory_bytes is None:
+        return ""
+    return f"{c.peak_memory_bytes / 2**20:,.0f} MiB ({c.peak_memory_kind or '?'})"
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def _cell(text: str) -> str:
+    """Markdown-table-safe text (pipes and newlines would break the row)."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def matrix_rows(cells: list[CellResult]) -> list[list[Any]]:
+    """One row per cell, in the experiment's format plus what our harness measures."""
+    rows = []
+    for c in sorted(cells, key=lambda c: (c.dataset, plots._strategy_key(c.strategy), c.cell_id)):
+        t = c.train_throughput
+        status = (
+            "ok"
+            if c.ok
+            else "failed: " + _cell((c.error or "").splitlines()[0][:80] if c.error else "")
+        )
+        rows.append(
+            [
+                c.dataset,
+                c.strategy,
+                findings_mod.EXPERIMENT_NAMES.get(c.strategy, ""),
+                c.precision,
+                c.seed,
+                _pct(c.best_train_accuracy),
+                _pct(c.best_val_accuracy),
+                _pct(c.test_accuracy),
+                len(c.history) if c.history else "",
+                t.batch_size if t else "",
+                _rate(t),
+                _rate(c.inference_throughput),
+                _mem(c),
+                f"{c.wall_seconds:,.1f}",
+                status,
+            ]
+        )
+    return rows
+
+
+MATRIX_HEADERS = (
+    "dataset",
+    "strategy",
+    "experiment's name",
+    "precision",
+    "seed",
+    "best train acc %",
+    "best val acc %",
+    "test acc %",
+    "epochs",
+    "batch",
+    "train img/s median [IQR]",
+    "inference img/s median [IQR]",
+    "peak memory",
+    "wall s",
+    "status",
+)
+
+
+def pivot_rows(cells: list[CellResult]) -> tuple[list[str], list[list[str]]]:
+    """The experiment's summary table: dataset rows × strategy columns, "train / val %"."""
+    strategies = sorted({c.strategy for c in cells}, key=plots._strategy_key)
+    table: dict[str, dict[str, list[CellResult]]] = defaultdict(lambda: defaultdict(list))
+    for c in cells:
+        table[c.dataset][c.strategy].append(c)
+    rows = []
+    for dataset in sorted(table):
+        row = [dataset]
+        for s in strategies:
+            group = [c for c in table[dataset].get(s, []) if c.ok]
+            if not group:
+                row.append("failed" if table[dataset].get(s) else "")
+                continue
+            tr = [c.best_train_accuracy for c in group if c.best_train_accuracy is not None]
+            va = [c.best_val_accuracy for c in group if c.best_val_accuracy is not None]
+            mean = lambda v: f"{100 * sum(v) / len(v):.0f}" if v else "?"  # noqa: E731
+            row.append(f"{mean(tr)} / {mean(va)}")
+        rows.append(row)
+    return ["dataset", *strategies], rows
+
+
+def _throughput_statement(cells: list[CellResult]) -> str:
+    seen = sorted(
+        {
+            (t.phase, t.batch_size, t.precision, t.input, t.warmup_steps)
+            for c in cells
+            for t in (c.train_throughput, c.inference_throughput)
+            if t is not None
+        }
+    )
+    if not seen:
+        return "No throughput was measured."
+    parts = [
+        f"{phase}: batch {b}, {p}, {inp} input, {w} warm-up step(s) excluded"
+        for phase, b, p, inp, w in seen
+    ]
+    return (
+        "Throughput is images per second from the median step time (IQR in brackets); "
+        + "; ".join(parts)
+        + "."
+    )
+
+
+def environment_rows(env: dict[str, Any]) -> list[list[str]]:
+    return [[k, "null" if v is None else str(v)] for k, v in sorted(flatten(env).items())]
+
+
+def _findings_section(f: findings_mod.Findings) -> list[str]:
+    out = ["## Findings", ""]
+    out.append(
+        f'Computed from this run\'s numbers; "competitive" means within {f.tolerance_points:g} '
+        "accuracy points (the profile's tolerance). Strategy accuracy is the mean over its ok "
+        "cells (seeds × precisions)."
+    )
+    out.append("")
+    for d in f.datasets:
+        out.append(f"- {findings_mod.winner_sentence(d, f.tolerance_points)}")
+        if d.failed:
+            out.append(f"  - failed cells, not ranked: {', '.join(d.failed)}")
+    out.append("")
+    out.append("### Rules of thumb of the transfer-learning notes")
+    out.append("")
+    rows = [[r.regime, r.rule, r.dataset or "—", f"**{r.status}**", r.evidence] for r in f.rules]
+    out.append(
+        tabulate(
+            rows, headers=["regime", "rule", "dataset", "verdict", "evidence"], tablefmt="github"
+        )
+    )
+    out.append("")
+    regimes = [
+        [d.dataset, d.regime.data or "?", d.regime.domain or "?", d.regime.source]
+        for d in f.datasets
+    ]
+    out.append("Dataset regimes (and where they came from):")
+    out.append("")
+    out.append(tabulate(regimes, headers=["dataset", "data", "domain", "from"], tablefmt="github"))
+    out.append("")
+    return out
+
+
+def _baseline_section(comparison: Comparison | None, profile: str, plot: str | None) -> list[str]:
+    out = ["## Baseline comparison", ""]
+    if comparison is None:
+        out += [
+            f"No baseline for profile `{profile}`; accept one with `bench baseline accept RUN`.",
+            "",
+        ]
+        return out
+    rows = [[_cell(str(x)) for x in row] for row in table_rows(comparison)]
+    out += [
+        f"Baseline: run `{comparison.baseline_run_id}` ({comparison.baseline_path}).",
+        f"Tolerances: accuracy {comparison.tolerances['accuracy_points']:g} points; throughput "
+        f"{comparison.tolerances['throughput_relative'] * 100:g}% widened by half of each side's "
+        "relative IQR. `ng` = not gated.",
+        "",
+        f"**{comparison.summary()}**",
+        "",
+        comparison.environment_line(),
+        "",
+        tabulate(rows, headers=TABLE_HEADERS, tablefmt="github"),
+        "",
+    ]
+    if comparison.environment_differences:
+        diff = [
+            [k, _cell(str(b)), _cell(str(r))]
+            for k, (b, r) in comparison.environment_differences.items()
+        ]
+        out += [
+            "Environment differences from the baseline:",
+            "",
+            tabulate(diff, headers=["key", "baseline", "run"], tablefmt="github"),
+            "",
+        ]
+    if plot:
+        out += [f"![baseline deltas]({plot})", ""]
+    return out
+
+
+def render_markdown(
+    info: RunInfo,
+    cells: list[CellResult],
+    found: findings_mod.Findings,
+    comparison: Comparison | None,
+    plot_paths: dict[str, str],
+) -> str:
+    """The whole report as markdown text (pure; ``plot_paths`` are relative links)."""
+    ok = sum(1 for c in cells if c.ok)
+    failed = [c.cell_id for c in cells if not c.ok]
+    planned_missing = sorted(set(info.cell_ids) - {c.cell_id for c in cells})
+    lines = [
+        f"# transfer-bench report: run `{info.run_id}`",
+        "",
+        f"Profile `{info.profile}`; started {info.started_at}, finished {info.finished_at or '—'}; "
+        f"git commit `{info.git_commit or 'unknown'}`; "
+        f"manifest digest `{info.manifest_digest[:16]}`.",
+        f"Cells: {len(cells)} with results ({ok} ok, {len(failed)} failed)"
+        + (f"; {len(planned_missing)} planned without a result" if planned_missing else "")
+        + ".",
+        "",
+        "## Results matrix",
+        "",
+        "Best train / validation accuracy (%) per dataset and strategy, as in the experiment's "
+        "results table (mean over seeds and precisions):",
+        "",
+    ]
+    headers, prow = pivot_rows(cells)
+    lines += [tabulate(prow, headers=headers, tablefmt="github"), ""]
+    lines += ["Every cell:", "", _throughput_statement(cells), ""]
+    lines += [tabulate(matrix_rows(cells), headers=MATRIX_HEADERS, tablefmt="github"), ""]
+    if failed:
+        lines += [f"Failed cells: {', '.join(failed)}.", ""]
+    if planned_missing:
+        lines += [f"Planned but without a result: {', '.join(planned_missing)}.", ""]
+    lines += _findings_section(found)
+    lines += _baseline_section(comparison, info.profile, plot_paths.get("baseline"))
+    lines += ["## Figures", ""]
+    for key, rel in plot_paths.items():
+        if key.startswith("curves:"):
+            lines += [
+                f"### Learning curves: {key.split(':', 1)[1]}",
+                "",
+                f"![learning curves]({rel})",
+                "",
+            ]
+    if "scatter" in plot_paths:
+        lines += [
+            "### Accuracy vs training throughput",
+            "",
+            f"![accuracy vs throughput]({plot_paths['scatter']})",
+            "",
+        ]
+    lines += ["## Environment", ""]
+    lines += [
+        tabulate(environment_rows(info.environment), headers=["key", "value"], tablefmt="github"),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _load_manifest() -> Any | None:
+    """The manifest, if one can be read (only used to derive dataset regimes)."""
+    try:
+        from harness.manifest import load_manifest
+
+        return load_manifest()
+    except Exception:  # the report must not fail because the manifest is elsewhere
+        return None
+
+
+def write_report(
+    run_dir: Path, *, comparison: Comparison | None = None, out_dir: Path | None = None
+) -> Path:
+    """Write ``report.md`` and its PNGs for ``run_dir``; returns the markdown path."""
+    run_dir = Path(run_dir)
+    info = results.read_run(run_dir)
+    cells = results.read_cells(run_dir)
+    out = Path(out_dir) if out_dir is not None else run_dir / "report"
+    plot_dir = out / "plots"
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    tol = float(info.tolerances.get("accuracy_points", DEFAULT_TOLERANCES["accuracy_points"]))
+    found = findings_mod.compute(cells, tolerance_points=tol, manifest=_load_manifest())
+    rel: dict[str, str] = {}
+    by_dataset: dict[str, list[CellResult]] = defaultdict(list)
+    for c in cells:
+        by_dataset[c.dataset].append(c)
+    for dataset in sorted(by_dataset):
+        name = f"curves_{_safe(dataset)}.png"
+        plots.learning_curves(dataset, by_dataset[dataset], plot_dir / name)
+        rel[f"curves:{dataset}"] = f"plots/{name}"
+    plots.accuracy_vs_throughput(cells, plot_dir / "accuracy_vs_throughput.png")
+    rel["scatter"] = "plots/accuracy_vs_throughput.png"
+    if comparison is not None:
+        plots.baseline_deltas(comparison, plot_dir / "baseline_deltas.png")
+        rel["baseline"] = "plots/baseline_deltas.png"
+    text = render_markdown(info, cells, found, comparison, rel)
+    path = out / REPORT_NAME
+    atomic_write_bytes(path, text.encode())
+    return path
