@@ -213,10 +213,21 @@ def baseline_deltas(comparison: Comparison, path: Path) -> Path:
                 linewidth=0.5,
                 height=0.6,
             )
+            if abs(value) >= 0.05:
+                ax.annotate(
+                    f"{value:+.1f}",
+                    (value, y),
+                    xytext=(4 if value > 0 else -4, 0),
+                    textcoords="offset points",
+                    ha="left" if value > 0 else "right",
+                    va="center",
+                    fontsize=8,
+                )
             ax.plot(
                 [-allowed, allowed], [y, y], linestyle="", marker="|", markersize=14, color="black"
             )
         ax.axvline(0, color="black", linewidth=0.8)
+        ax.margins(x=0.15)  # room for the value labels
         ax.grid(True, axis="x", alpha=0.3)
     ax_acc.set_yticks(ys, labels, fontsize=8)
     ax_acc.invert_yaxis()
@@ -243,10 +254,9 @@ def baseline_deltas(comparison: Comparison, path: Path) -> Path:
         ),
     ]
     fig.legend(
-        handles=handles, loc="lower center", ncol=4, frameon=False, bbox_to_anchor=(0.5, -0.02)
+        handles=handles, loc="upper center", ncol=4, frameon=False, bbox_to_anchor=(0.5, 0.0)
     )
     fig.suptitle(f"run {comparison.run_id} vs baseline {comparison.baseline_run_id}")
-    fig.subplots_adjust(bottom=0.22 if n < 5 else 0.12)
     if not rows:
         ax_acc.text(0.5, 0.5, "no cell comparable", ha="center", transform=ax_acc.transAxes)
     return _save(fig, path)

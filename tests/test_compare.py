@@ -1,0 +1,237 @@
+"""`bench compare`: noise-aware verdicts and exit codes on real run folders."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import runkit
+
+from harness import baseline, compare, results
+from harness.cli import main
+
+
+@pytest.fixture(autouse=True)
+def _home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BENCH_HOME", str(tmp_path))
+
+
+def _accept(run_dir: Path) -> Path:
+    path, _ = baseline.accept(run_dir)
+    return path
+
+
+def _compare(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(["compare", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _cells_with(cell_id: str, **changes: object) -> list[results.CellResult]:
+    return [replace(c, **changes) if c.cell_id == cell_id else c for c in runkit.standard_cells()]
+
+
+def test_identical_runs_have_no_regression(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    base_dir = runkit.write_run(tmp_path, runkit.standard_cells(), run_id="r-base")
+    _accept(base_dir)
+    run_dir = runkit.write_run(tmp_path, runkit.standard_cells(), run_id="r-new")
+    code, out, _ = _compare(capsys, "r-new")  # run id, default baseline of the profile
+    assert code == 0
+    assert "OK: run r-new vs baseline r-base (profile smoke): 6 within noise" in out
+    assert "throughput gated: same hardware identity" in out
+    assert "regression" not in out.replace("(exit 1 on regression", "")
+    comparison = compare.compare_run(run_dir)
+    assert {c.verdict for c in comparison.cells} == {compare.WITHIN_NOISE}
+    assert all(
+        m.change == pytest.approx(1.0)
+        for c in comparison.cells
+        for m in c.metrics
+        if m.unit == "ratio"
+    )
+
+
+def test_accuracy_drop_beyond_tolerance_is_flagged(tmp_path, capsys):
+    bl = _accept(runkit.write_run(tmp_path, runkit.standard_cells(), run_id="r-base"))
+    cid = "synth-few/fine-tune/float32/s0"
+    run_dir = runkit.write_run(tmp_path, _cells_with(cid, best_val_accuracy=0.86), run_id="r-new")
+    code, out, _ = _compare(capsys, str(run_dir), "--baseline", str(bl))
+    assert code == 1
+    row = next(line for line in out.splitlines() if line.startswith(cid))
+    assert "regression" in row
+    assert "best val accuracy -4.00 pts (allowed ±2.00)" in row
+    assert out.strip().splitlines()[-1].startswith("FAIL: run r-new")
+    assert "1 regression" in out
+
+
+def test_accuracy_drop_within_tolerance_is_not_flagged(tmp_path, capsys):
+    bl = _accept(runkit.write_run(tmp_path, runkit.standard_cells(), run_id="r-base"))
+    cid = "synth-few/fine-tune/float32/s0"
+    run_dir = runkit.write_run(tmp_path, _cells_with(cid, best_val_accuracy=0.885), run_id="r-new")
+    code, out, _ = _compare(capsys, str(run_dir), "--baseline", str(bl))
+    assert code == 0, out
+    cmp_ = compare.compare_run(run_dir, bl)
+    metric = next(c for c in cmp_.cells if c.cell_id == cid).metric("best val accuracy")
+    assert metric.change == pytest.approx(-1.5)
+    assert metric.verdict == compare.WITHIN_NOISE
+
+
+def test_throughput_drop_beyond_tolerance_and_noise_is_flagged(tmp_path, capsys):
+    bl = _accept(runkit.write_run(tmp_path, runkit.standard_cells(), run_id="r-base"))
+    cid = "synth-xray/fine-tune/float32/s0"
+    slow = runkit.throughput(1100.0 * 0.80, noise=0.02)
+    run_dir = runkit.write_run(tmp_path, _cells_with(cid, train_throughput=slow), run_id="r-new")
+    code, out, _ = _compare(capsys, str(run_dir), "--baseline", str(bl))
+    assert code == 1
+    row = next(line for line in out.splitlines() if line.startswith(cid))
+    assert "regression" in row and "train throughput x0.800" in row
+
+
+def test_same_drop_within_measured_noise_is_not_flagged(tmp_path, capsys):
+    """A 15 % drop regresses when steps are steady, not when both sides scatter by ±40 %."""
+    cid = "synth-xray/fine-tune/float32/s0"
+    for noise, expected in ((0.01, 1), (0.40, 0)):
+        root = tmp_path / f"noise{noise}"
+        base_cells = _cells_with(cid, train_throughput=runkit.throughput(1000.0, noise=noise))
+        bl = root / "baseline.json"
+        baseline.accept(runkit.write_run(root, base_cells, run_id="r-base"), path=bl)
+        slow = runkit.throughput(850.0, noise=noise, seed=7)
+        run_dir = runkit.write_run(root, _cells_with(cid, train_throughput=slow), run_id="r-new")
+        code, out, _ = _compare(capsys, str(run_dir), "--baseline", str(bl))
+        assert code == expected, out
+        metric = next(c for c in compare.compare_run(run_dir, bl).cells if c.cell_id == cid).metric(
+            "train throughput"
+        )
+        # allowed = tolerance + half of each side's relative IQR
+        name = results.cell_filename(cid)
+        b, r = (
+            results.read_cell(d / "cells" / name).train_throughput
+            for d in (root / "reports/runs/r-base", run_dir)
+        )
+        assert metric.allowed == pytest.approx(0.10 + (b.relative_spread + r.relative_spread) / 2)
+
+
+def test_throughput_not_gated_across_hardware_but_accuracy_is(tmp_path, capsys):
+    bl = _accept(runkit.write_run(tmp_path, runkit.standard_cells(), run_id="r-base"))
+    other = runkit.environment(cpu_model="Intel Xeon Platinum 8480+", cpu_count=16)
+    cid = "synth-few/fine-tune/float32/s0"
+    slow = _cells_with(cid, train_throughput=runkit.throughput(200.0))
+    run_dir = runkit.write_run(tmp_path, slow, run_id="r-other", env=other)
+    code, out, _ = _compare(capsys, str(run_dir), "--baseline", str(bl))
+    assert code == 0, out
+    assert "throughput NOT gated (hardware differs: cpu.model: AMD EPYC 7B13 -> Intel" in out
+    assert "accuracy still gated" in out
+    # …but an accuracy drop on the other hardware is still a regression.
+    worse = [replace(c, best_val_accuracy=0.80) if c.cell_id == cid else c for c in slow]
+    run_dir = runkit.write_run(tmp_path, worse, run_id="r-other2", env=other)
+    code, out, _ = _compare(capsys, str(run_dir), "--baseline", str(bl))
+    assert code == 1
+    row = next(line for line in out.splitlines() if line.startswith(cid))
+    assert "best val accuracy -10.00 pts" in row and "regression" in row
+
+
+def test_baseline_of_another_profile_exits_2(tmp_path, capsys):
+    base_dir = runkit.write_run(
+        tmp_path, runkit.standard_cells(), run_id="r-ref", profile="reference"
+    )
+    bl = _accept(base_dir)
+    run_dir = runkit.write_run(tmp_path, runkit.standard_cells(), run_id="r-smoke")
+    code, out, err = _compare(capsys, str(run_dir), "--baseline", str(bl))
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1
+    assert "baseline is for profile 'reference', the run is profile 'smoke'" in err
+
+
+def test_baseline_of_another_schema_or_unreadable_exits_2(tmp_path, capsys):
+    bl = _accept(runkit.write_run(tmp_path, runkit.standard_cells(), run_id="r-base"))
+    run_dir = runkit.write_run(tmp_path, runkit.standard_cells(), run_id="r-new")
+    data = json.loads(bl.read_text())
+    data["schema"] = 2
+    bl.write_text(json.dumps(data))
+    code, _, err = _compare(capsys, str(run_dir))
+    assert code == 2 and err.count("\n") == 1
+    assert "schema 2 is not supported" in err and str(bl) in err
+    bl.write_text('{"kind": "transfer-bench.baseline", "schema": 1, "profile": ')
+    code, _, err = _compare(capsys, str(run_dir))
+    assert code == 2 and "not valid JSON" in err and err.count("\n") == 1
+    bl.unlink()
+    code, _, err = _compare(capsys, str(run_dir))
+    assert code == 2 and "no such file" in err
+
+
+def test_failed_cell_exits_1(tmp_path, capsys):
+    bl = _accept(runkit.write_run(tmp_path, runkit.standard_cells(), run_id="r-base"))
+    cells = runkit.standard_cells()
+    cells[0] = runkit.cell(
+        "synth-few",
+        "scratch",
+        status="failed",
+        error="ResourceExhaustedError: OOM when allocating tensor\ntrace…",
+    )
+    run_dir = runkit.write_run(tmp_path, cells, run_id="r-new")
+    code, out, _ = _compare(capsys, str(run_dir), "--baseline", str(bl))
+    assert code == 1
+    row = next(line for line in out.splitlines() if line.startswith("synth-few/scratch"))
+    assert "failed" in row and "ResourceExhaustedError: OOM" in row
+    assert "1 failed" in out
+
+
+def test_missing_new_and_not_comparable(tmp_path, capsys):
+    bl = _accept(runkit.write_run(tmp_path, runkit.standard_cells(), run_id="r-base"))
+    cells = runkit.standard_cells()
+    dropped = cells.pop()  # synth-xray/fine-tune: missing from the run
+    cells.append(runkit.cell("synth-many", "two-stage"))  # new
+    cells[0] = replace(cells[0], config={**cells[0].config, "epochs": 9})  # not comparable
+    run_dir = runkit.write_run(tmp_path, cells, run_id="r-new")
+    code, out, _ = _compare(capsys, str(run_dir), "--baseline", str(bl), "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["kind"] == "transfer-bench.comparison" and data["schema"] == 1
+    verdicts = {c["cell_id"]: c["verdict"] for c in data["cells"]}
+    assert verdicts[dropped.cell_id] == "missing"
+    assert verdicts["synth-many/two-stage/float32/s0"] == "new"
+    assert verdicts[cells[0].cell_id] == "not comparable"
+    reason = next(c["reason"] for c in data["cells"] if c["cell_id"] == cells[0].cell_id)
+    assert reason == "config differs: epochs"
+    assert data["exit_code"] == 0 and data["counts"]["within noise"] == 4
+
+
+def test_improvement_is_reported_not_failed(tmp_path, capsys):
+    bl = _accept(runkit.write_run(tmp_path, runkit.standard_cells(), run_id="r-base"))
+    cid = "synth-few/scratch/float32/s0"
+    run_dir = runkit.write_run(tmp_path, _cells_with(cid, best_val_accuracy=0.75), run_id="r-new")
+    code, out, _ = _compare(capsys, str(run_dir), "--baseline", str(bl), "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert next(c for c in data["cells"] if c["cell_id"] == cid)["verdict"] == "improvement"
+
+
+def test_seed_repeats_widen_the_accuracy_allowance(tmp_path):
+    """Across seeds the accuracy scatters by 6 pts; a 4-pt drop of one seed is noise then."""
+
+    def cells(vals: list[float]) -> list[results.CellResult]:
+        return [runkit.cell("synth-few", "fine-tune", seed=s, val=v) for s, v in enumerate(vals)]
+
+    bl = tmp_path / "b.json"
+    baseline.accept(runkit.write_run(tmp_path, cells([0.90, 0.84, 0.87]), run_id="r-b"), path=bl)
+    run_dir = runkit.write_run(tmp_path, cells([0.86, 0.84, 0.87]), run_id="r-n")
+    comparison = compare.compare_run(run_dir, bl)
+    m = next(c for c in comparison.cells if c.cell_id.endswith("s0")).metric("best val accuracy")
+    assert m.change == pytest.approx(-4.0)
+    assert m.allowed == pytest.approx(2.0 + 3.0 + 1.5)  # tol + half range base + half range run
+    assert m.verdict == compare.WITHIN_NOISE and comparison.exit_code == 0
+
+
+def test_after_run_without_and_with_baseline(tmp_path, capsys):
+    run_dir = runkit.write_run(tmp_path, runkit.standard_cells(), run_id="r-base")
+    assert compare.after_run(run_dir) == 0
+    out = capsys.readouterr().out
+    assert "no baseline for profile smoke" in out
+    assert f"report: {run_dir / 'report' / 'report.md'}" in out
+    _accept(run_dir)
+    cid = "synth-few/fine-tune/float32/s0"
+    bad = runkit.write_run(tmp_path, _cells_with(cid, best_val_accuracy=0.5), run_id="r-bad")
+    assert compare.after_run(bad) == 1
+    out = capsys.readouterr().out
+    assert "FAIL: run r-bad vs baseline r-base" in out and (bad / "report" / "report.md").is_file()
