@@ -151,6 +151,30 @@ class CacheWriter:
             shape=(count, self.image_size, self.image_size, 3),
         )
 
+    def create_images(self, split: str, count: int) -> Path:
+        """Create the zero-filled images file of ``split`` for workers to fill (``r+``)."""
+        out = self.images(split, count)
+        del out
+        return images_file(self.staging, split)
+
+    def compact(self, split: str, keep: np.ndarray) -> int:
+        """Drop the rows of ``split`` where ``keep`` is False (skipped corrupt files)."""
+        src_path = images_file(self.staging, split)
+        src = np.load(src_path, mmap_mode="r")
+        kept = np.flatnonzero(keep)
+        tmp = src_path.with_name(f".{src_path.name}.compact")
+        dst = np.lib.format.open_memmap(
+            tmp, mode="w+", dtype=np.uint8, shape=(len(kept), *src.shape[1:])
+        )
+        step = 1024
+        for start in range(0, len(kept), step):
+            dst[start : start + step] = src[kept[start : start + step]]
+        dst.flush()
+        del dst, src
+        os.replace(tmp, src_path)
+        self._splits[split] = len(kept)
+        return len(kept)
+
     def labels(self, split: str, labels: np.ndarray) -> None:
         np.save(labels_file(self.staging, split), np.asarray(labels, dtype=np.int32))
 

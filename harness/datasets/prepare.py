@@ -104,8 +104,35 @@ def _fetch_name(entry: DatasetEntry, manifest: Manifest) -> str:
     return entry.name
 
 
-def prepare_synthetic(entry: DatasetEntry, image_size: int) -> Path:
-    """Generate a synthetic dataset, check its digest against the pin, publish the cache."""
+def prepare(
+    name: str,
+    image_size: int,
+    *,
+    workers: int | None = None,
+    skip_corrupt: bool = False,
+    allow_unpinned: bool = False,
+) -> Path:
+    """(Re)build the prepared cache of ``name`` at ``image_size`` px; returns its folder."""
+    if image_size < 1:
+        raise InputError(f"image size must be >= 1, got {image_size}")
+    manifest = load_manifest()
+    entry = manifest.dataset(name)
+    if isinstance(entry.source, SyntheticSource):
+        return prepare_synthetic(entry, image_size)
+    check_source_pinned(entry, manifest, allow_unpinned=allow_unpinned)
+    from harness.datasets import build, layouts
+
+    plan = layouts.read_plan(entry, manifest, allow_unpinned=allow_unpinned)
+    return build.build_cache(
+        entry, plan, image_size, workers=workers, skip_corrupt=skip_corrupt, check=check_pin
+    )
+
+
+def prepare_synthetic(entry: DatasetEntry, image_size: int, *, check: bool = True) -> Path:
+    """Generate a synthetic dataset, check its digest against the pin, publish the cache.
+
+    ``check=False`` (used by ``bench data pin``) publishes whatever the generator makes.
+    """
     from harness.datasets import synthetic  # written alongside; imported only when needed
 
     source = entry.source
@@ -127,7 +154,7 @@ def prepare_synthetic(entry: DatasetEntry, image_size: int) -> Path:
                 "skipped_corrupt": 0,
                 "seconds": round(time.perf_counter() - started, 3),
             },
-            check=lambda digest: check_pin(entry, image_size, digest),
+            check=(lambda digest: check_pin(entry, image_size, digest)) if check else None,
         )
     return folder
 
