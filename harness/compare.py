@@ -38,7 +38,7 @@ from tabulate import tabulate
 from harness import baseline as baseline_mod
 from harness import jsonio, results
 from harness.baseline import Baseline
-from harness.errors import EXIT_FAILURE, EXIT_OK
+from harness.errors import EXIT_FAILURE, EXIT_OK, InputError
 from harness.results import CellResult, RunInfo, Throughput
 
 REGRESSION = "regression"
@@ -364,6 +364,11 @@ def compare_run(run_dir: Path, baseline_path: Path | None = None) -> Comparison:
     info = results.read_run(run_dir)
     cells = results.read_cells(run_dir)
     path = Path(baseline_path) if baseline_path else baseline_mod.default_path(info.profile)
+    if baseline_path is None and not path.is_file():
+        raise InputError(
+            f"no baseline for profile {info.profile!r} at {path}; accept one with "
+            f"`bench baseline accept RUN` or pass --baseline FILE"
+        )
     base = baseline_mod.load(path, profile=info.profile)
     return compare_cells(info, cells, base, baseline_path=path)
 

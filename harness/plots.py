@@ -60,27 +60,30 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def _label(cell: CellResult, multi: bool) -> str:
-    return f"{cell.strategy} ({cell.precision}, s{cell.seed})" if multi else cell.strategy
-
-
 def learning_curves(dataset: str, cells: list[CellResult], path: Path) -> Path:
-    """Loss and accuracy per epoch, train solid and val dashed, one colour per strategy."""
+    """Loss and accuracy per epoch, train solid and val dashed, one colour per strategy.
+
+    Repeats of a strategy (seeds) share its colour; precisions differ by marker.
+    """
     ok = sorted(
         (c for c in cells if c.ok and c.history),
         key=lambda c: (_strategy_key(c.strategy), c.cell_id),
     )
     fig = Figure(figsize=(12, 4.6))
     ax_loss, ax_acc = fig.subplots(1, 2)
-    per_strategy = defaultdict(int)
+    per_strategy: dict[str, list[CellResult]] = defaultdict(list)
     for c in ok:
-        per_strategy[c.strategy] += 1
-    multi = any(n > 1 for n in per_strategy.values())
-    handles = []
+        per_strategy[c.strategy].append(c)
+    precisions = sorted({c.precision for c in ok})
+    marker = {p: _MARKERS[i % len(_MARKERS)] for i, p in enumerate(precisions)}
     for c in ok:
-        colour = strategy_colour(c.strategy)
         epochs = [e.epoch + 1 for e in c.history]  # Keras epochs are 0-based; plot from 1
-        style = {"color": colour, "marker": "o", "markersize": 3, "linewidth": 1.6}
+        style = {
+            "color": strategy_colour(c.strategy),
+            "marker": marker[c.precision],
+            "markersize": 3.5,
+            "linewidth": 1.6,
+        }
         ax_loss.plot(epochs, [e.loss for e in c.history], linestyle="-", **style)
         ax_acc.plot(epochs, [100 * e.accuracy for e in c.history], linestyle="-", **style)
         val = [(x, e) for x, e in zip(epochs, c.history, strict=True) if e.val_loss is not None]
@@ -89,11 +92,20 @@ def learning_curves(dataset: str, cells: list[CellResult], path: Path) -> Path:
             ax_loss.plot(xs, [e.val_loss for _, e in val], linestyle="--", **style)
             accs = [(x, e.val_accuracy) for x, e in val if e.val_accuracy is not None]
             ax_acc.plot([x for x, _ in accs], [100 * a for _, a in accs], linestyle="--", **style)
-        handles.append(Line2D([], [], color=colour, linewidth=2.5, label=_label(c, multi)))
+    handles = []
+    for strategy, group in per_strategy.items():
+        seeds = sorted({c.seed for c in group})
+        label = strategy if len(seeds) == 1 else f"{strategy} ({len(seeds)} seeds)"
+        handles.append(Line2D([], [], color=strategy_colour(strategy), linewidth=2.5, label=label))
     handles += [
         Line2D([], [], color="black", linestyle="-", label="train"),
         Line2D([], [], color="black", linestyle="--", label="validation"),
     ]
+    if len(precisions) > 1:
+        handles += [
+            Line2D([], [], color="black", marker=marker[p], linestyle="", label=p)
+            for p in precisions
+        ]
     ax_loss.set(title="loss", xlabel="epoch", ylabel="cross-entropy loss")
     ax_acc.set(title="accuracy", xlabel="epoch", ylabel="accuracy (%)")
     ax_acc.set_ylim(-2, 102)

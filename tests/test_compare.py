@@ -157,6 +157,8 @@ def test_baseline_of_another_schema_or_unreadable_exits_2(tmp_path, capsys):
     assert code == 2 and "not valid JSON" in err and err.count("\n") == 1
     bl.unlink()
     code, _, err = _compare(capsys, str(run_dir))
+    assert code == 2 and f"no baseline for profile 'smoke' at {bl}" in err
+    code, _, err = _compare(capsys, str(run_dir), "--baseline", str(bl))
     assert code == 2 and "no such file" in err
 
 
