@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "harness.commands.baseline",
     "harness.commands.report",
     "harness.commands.pretrain",
+    "harness.commands.docker",
 )
 
 

@@ -1,0 +1,456 @@
+"""The Docker side of the harness: build the image, run ``bench`` in it, image provenance.
+
+Builds go through the Docker SDK, which uses the engine's classic builder: no BuildKit
+secrets, so the host's CA bundle (needed by pip where HTTPS is intercepted) is copied into
+the build context as ``.docker-ca/ca-certificates.crt`` (git-ignored; the Dockerfile uses
+it in its ``deps`` stage only). Builds use the host network (pip reaches PyPI); containers
+run with ``network_mode="none"``, the host's ``data/`` and ``reports/`` bind-mounted, as
+the calling user, with GPUs when asked for or when the engine can hand them out.
+
+Provenance has two halves: the build half is baked into the image as
+``/etc/transfer-bench/image.json`` (base image, build args, pip freeze and its digest,
+harness version) and the run half is the image id, passed as ``BENCH_IMAGE_ID`` (and
+``BENCH_IMAGE_DIGEST`` when the image has a registry digest). :func:`container_fingerprint`
+joins them for the environment fingerprint of every run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from harness import __version__, paths
+from harness.errors import EXIT_BAD_INPUT, BenchError, InputError, RunFailure
+from harness.jsonio import read_json, write_json
+
+if TYPE_CHECKING:  # the SDK is imported lazily: `bench --help` should not pay for it
+    import docker
+
+IMAGE_JSON = Path("/etc/transfer-bench/image.json")
+IMAGE_KIND = "transfer-bench.image"
+IMAGE_SCHEMA = 1
+
+DEFAULT_BASE_IMAGE = "transfer-bench-base:bookworm"
+IMAGE_REPOSITORY = "transfer-bench"
+TF_CHOICES = ("cpu", "cuda")
+DEFAULT_TF = "cuda"
+WORKSPACE = "/workspace"  # the image's WORKDIR and BENCH_HOME
+CACHE_MOUNT = "/cache/data"  # where a BENCH_DATA_DIR outside the project goes
+CA_DIR_NAME = ".docker-ca"
+CA_FILE_NAME = "ca-certificates.crt"
+SETUP_HINT = "run scripts/docker-setup.sh (as root) to install and start it"
+# Host variables that mean the same inside the container; paths are remapped instead.
+_PASSTHROUGH_SKIP = frozenset(
+    {"BENCH_HOME", "BENCH_DATA_DIR", "BENCH_IMAGE_ID", "BENCH_IMAGE_DIGEST"}
+)
+
+
+class DockerUnavailable(BenchError):
+    """The Docker engine cannot be reached (exit 2): tells how to set it up."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+def default_tag(tf: str) -> str:
+    """The image name for a TensorFlow flavour: ``transfer-bench:cpu`` / ``transfer-bench:cuda``."""
+    _check_tf(tf)
+    return f"{IMAGE_REPOSITORY}:{tf}"
+
+
+def _check_tf(tf: str) -> None:
+    if tf not in TF_CHOICES:
+        raise InputError(f"unknown TensorFlow flavour tf={tf!r}; choose one of {TF_CHOICES}")
+
+
+def connect() -> docker.DockerClient:
+    """A client for the engine named by ``DOCKER_HOST`` (default: the local socket)."""
+    import docker
+    from docker.errors import DockerException
+
+    try:
+        client = docker.from_env(timeout=600)
+        client.ping()
+    except DockerException as exc:
+        where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DockerUnavailable(
+            f"Docker engine not reachable at {where} ({reason}); {SETUP_HINT}"
+        ) from None
+    return client
+
+
+# --- build -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """What to build: TensorFlow flavour, base image, tag, build context."""
+
+    tf: str = DEFAULT_TF
+    base_image: str = DEFAULT_BASE_IMAGE
+    tag: str | None = None  # default: transfer-bench:<tf>
+    context: Path | None = None  # default: the project root
+    ca_bundle: Path | None = None  # default: the host's bundle, when it has one
+    nocache: bool = False
+    network_mode: str = "host"  # pip inside the build needs PyPI
+
+    def resolved_tag(self) -> str:
+        return self.tag or default_tag(self.tf)
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    """A finished build: tag, image id, size in bytes and how long the build took."""
+
+    tag: str
+    image_id: str
+    size: int
+    seconds: float
+    build_args: dict[str, str] = field(default_factory=dict)
+
+
+def host_ca_bundle() -> Path | None:
+    """The CA bundle the host's own pip/requests use, if there is one."""
+    for var in ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"):
+        value = os.environ.get(var)
+        if value and Path(value).is_file():
+            return Path(value)
+    default = Path("/etc/ssl/certs/ca-certificates.crt")
+    return default if default.is_file() else None
+
+
+def stage_ca_bundle(context: Path, bundle: Path | None) -> Path | None:
+    """Copy ``bundle`` to ``<context>/.docker-ca/`` for pip in the build; None if no bundle.
+
+    Copied only when the content changed, so the build cache stays valid.
+    """
+    target = context / CA_DIR_NAME / CA_FILE_NAME
+    if bundle is None:
+        return None
+    if not bundle.is_file():
+        raise InputError(f"CA bundle {bundle} is not a file; pass an existing PEM bundle")
+    data = bundle.read_bytes()
+    if not target.is_file() or target.read_bytes() != data:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{CA_FILE_NAME}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+    return target
+
+
+def git_commit(root: Path) -> str:
+    """``git rev-parse HEAD`` of ``root`` (+ ``-dirty`` with uncommitted changes), or ''."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return f"{head}-dirty" if dirty else head
+
+
+def build_image(
+    config: BuildConfig,
+    *,
+    client: docker.DockerClient | None = None,
+    log: Callable[[str], None] | None = None,
+) -> BuiltImage:
+    """Build the image with the classic builder; ``log`` gets each line of build output.
+
+    Raises :class:`RunFailure` naming the failed step (with the last lines of output) when
+    the build fails, and :class:`InputError` when the base image is missing.
+    """
+    from docker.errors import APIError, ImageNotFound
+
+    _check_tf(config.tf)
+    client = client or connect()
+    context = (config.context or paths.project_root()).resolve()
+    if not (context / "Dockerfile").is_file():
+        raise InputError(f"{context}: no Dockerfile; run from the transfer-bench checkout")
+    try:
+        base = client.images.get(config.base_image)
+    except ImageNotFound:
+        hint = (
+            SETUP_HINT.replace("install and start it", "build it")
+            if config.base_image == DEFAULT_BASE_IMAGE
+            else "pull or build it first, or pass --base IMAGE"
+        )
+        raise InputError(f"base image {config.base_image!r} not found; {hint}") from None
+    bundle = config.ca_bundle if config.ca_bundle is not None else host_ca_bundle()
+    stage_ca_bundle(context, bundle)
+    build_args = {
+        "BASE_IMAGE": config.base_image,
+        "BASE_IMAGE_ID": base.id,
+        "TF_EXTRA": config.tf,
+        "GIT_COMMIT": git_commit(context),
+    }
+    tag = config.resolved_tag()
+    started = time.perf_counter()
+    tail: list[str] = []
+    image_id = ""
+    try:
+        stream = client.api.build(
+            path=str(context),
+            tag=tag,
+            buildargs=build_args,
+            network_mode=config.network_mode,
+            nocache=config.nocache,
+            pull=False,
+            rm=True,
+            forcerm=True,
+            decode=True,
+        )
+        for item in stream:
+            if "error" in item:
+                tail.append(str(item["error"]).strip())
+                context_lines = " | ".join(line for line in tail[-6:] if line)
+                raise RunFailure(f"docker build of {tag} failed: {context_lines}")
+            text = item.get("stream") or item.get("status") or ""
+            if aux := item.get("aux"):
+                image_id = aux.get("ID", image_id)
+            for line in text.splitlines():
+                if line.strip():
+                    tail = [*tail[-40:], line]
+                    if log is not None:
+                        log(line)
+    except APIError as exc:
+        raise RunFailure(f"docker build of {tag} failed: {exc.explanation or exc}") from None
+    seconds = time.perf_counter() - started
+    image = client.images.get(image_id or tag)
+    return BuiltImage(
+        tag=tag,
+        image_id=image.id,
+        size=int(image.attrs.get("Size", 0)),
+        seconds=seconds,
+        build_args=build_args,
+    )
+
+
+# --- run ---------------------------------------------------------------------------------
+
+
+def gpus_available(client: docker.DockerClient) -> bool:
+    """Whether the engine can hand GPUs to a container: an NVIDIA device and toolkit."""
+    if not (Path("/dev/nvidiactl").exists() or Path("/dev/dxg").exists()):
+        return False
+    runtimes = client.info().get("Runtimes") or {}
+    return "nvidia" in runtimes or shutil.which("nvidia-container-runtime-hook") is not None
+
+
+def image_identity(image: Any) -> dict[str, str]:
+    """``BENCH_IMAGE_ID`` (and ``BENCH_IMAGE_DIGEST`` when pushed) for a docker Image."""
+    env = {"BENCH_IMAGE_ID": image.id}
+    digests = image.attrs.get("RepoDigests") or []
+    if digests:
+        env["BENCH_IMAGE_DIGEST"] = digests[0]
+    return env
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """How to run ``bench ARGS`` in the container."""
+
+    image: str
+    gpus: bool | None = None  # None: when available
+    data_dir: Path | None = None  # host folder holding manifest.json; default <root>/data
+    cache_dir: Path | None = None  # host BENCH_DATA_DIR, when it differs from data_dir
+    reports_dir: Path | None = None  # default <root>/reports
+    user: str | None = None  # default: the calling uid:gid
+    environment: Mapping[str, str] = field(default_factory=dict)
+
+
+def _mounts(config: RunConfig) -> tuple[list[Any], dict[str, str]]:
+    from docker.types import Mount
+
+    data = (config.data_dir or paths.project_root() / "data").resolve()
+    reports = (config.reports_dir or paths.reports_dir()).resolve()
+    if not (data / "manifest.json").is_file():
+        raise InputError(
+            f"{data}: no manifest.json; pass the data folder of a transfer-bench checkout"
+        )
+    cache = config.cache_dir
+    if cache is None and os.environ.get("BENCH_DATA_DIR"):
+        cache = paths.data_dir()
+    mounts = [Mount(f"{WORKSPACE}/data", str(data), type="bind")]
+    env: dict[str, str] = {}
+    if cache is not None and cache.resolve() != data:
+        cache.mkdir(parents=True, exist_ok=True)
+        mounts.append(Mount(CACHE_MOUNT, str(cache.resolve()), type="bind"))
+        env["BENCH_DATA_DIR"] = CACHE_MOUNT
+    # Created here, by the calling user: an absent source would be created root-owned.
+    reports.mkdir(parents=True, exist_ok=True)
+    mounts.append(Mount(f"{WORKSPACE}/reports", str(reports), type="bind"))
+    return mounts, env
+
+
+def run_in_container(
+    args: Sequence[str],
+    config: RunConfig,
+    *,
+    client: docker.DockerClient | None = None,
+    stdout: IO[bytes] | None = None,
+    stderr: IO[bytes] | None = None,
+) -> int:
+    """Run ``bench ARGS`` in ``config.image``, stream its output, return its exit code.
+
+    The container has no network, the host's data/ and reports/ mounted, the image id in
+    ``BENCH_IMAGE_ID``, the host's ``BENCH_*`` settings (profile, debug …) and GPUs when
+    asked or available. It is removed afterwards; Ctrl-C stops it.
+    """
+    from docker.errors import APIError, ImageNotFound
+    from docker.types import DeviceRequest
+
+    client = client or connect()
+    try:
+        image = client.images.get(config.image)
+    except ImageNotFound:
+        tf = config.image.rpartition(":")[2]
+        flavour = f" --tf {tf}" if tf in TF_CHOICES else ""
+        raise InputError(
+            f"image {config.image!r} not found; build it with `bench docker build{flavour}`"
+        ) from None
+    mounts, env = _mounts(config)
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if key.startswith("BENCH_") and key not in _PASSTHROUGH_SKIP
+    }
+    environment |= env | image_identity(image) | dict(config.environment)
+    gpus = config.gpus if config.gpus is not None else gpus_available(client)
+    device_requests = [DeviceRequest(count=-1, capabilities=[["gpu"]])] if gpus else None
+    user = config.user or f"{os.getuid()}:{os.getgid()}"
+    out = stdout or sys.stdout.buffer
+    err = stderr or sys.stderr.buffer
+    try:
+        container = client.containers.create(
+            image.id,
+            command=list(args),
+            environment=environment,
+            mounts=mounts,
+            network_mode="none",
+            user=user,
+            working_dir=WORKSPACE,
+            device_requests=device_requests,
+            labels={"io.transfer-bench.image": config.image},
+        )
+    except APIError as exc:
+        raise RunFailure(
+            f"cannot create a container from {config.image}: {exc.explanation}"
+        ) from None
+    try:
+        try:
+            stream = container.attach(stdout=True, stderr=True, stream=True, logs=True, demux=True)
+            container.start()
+        except APIError as exc:
+            text = str(exc.explanation or exc)
+            if "device driver" in text or "gpu" in text.lower():
+                raise RunFailure(
+                    f"cannot start {config.image} with GPUs ({text}); install the NVIDIA driver "
+                    "and the NVIDIA container toolkit on the host, or run without --gpus"
+                ) from None
+            raise RunFailure(f"cannot start {config.image}: {text}") from None
+        for chunk_out, chunk_err in stream:
+            if chunk_out:
+                out.write(chunk_out)
+                out.flush()
+            if chunk_err:
+                err.write(chunk_err)
+                err.flush()
+        return int(container.wait()["StatusCode"])
+    except KeyboardInterrupt:
+        with contextlib.suppress(Exception):
+            container.stop(timeout=10)
+        raise
+    finally:
+        with contextlib.suppress(Exception):
+            container.remove(force=True)
+
+
+# --- provenance --------------------------------------------------------------------------
+
+
+def pip_freeze() -> list[str]:
+    """``pip freeze --all`` of this interpreter, sorted: the image's exact package set."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "freeze", "--all"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    return sorted(line for line in result.stdout.splitlines() if line.strip())
+
+
+def write_image_provenance(
+    path: Path = IMAGE_JSON, environ: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Write the build half of the image's provenance (run at build time, in the image).
+
+    Build args come from ``BENCH_BUILD_*`` variables (set by the Dockerfile's last step).
+    """
+    env = os.environ if environ is None else environ
+    build_args = {
+        name: env.get(f"BENCH_BUILD_{name}") or None
+        for name in ("BASE_IMAGE", "BASE_IMAGE_ID", "TF_EXTRA", "GIT_COMMIT")
+    }
+    freeze = pip_freeze()
+    record = {
+        "harness_version": __version__,
+        "base_image": build_args["BASE_IMAGE"],
+        "base_image_id": build_args["BASE_IMAGE_ID"],
+        "tf_extra": build_args["TF_EXTRA"],
+        "git_commit": build_args["GIT_COMMIT"],
+        "build_args": build_args,
+        "python": platform.python_version(),
+        "pip_freeze": freeze,
+        "pip_freeze_sha256": hashlib.sha256(("\n".join(freeze) + "\n").encode()).hexdigest(),
+    }
+    write_json(path, record, kind=IMAGE_KIND, schema=IMAGE_SCHEMA)
+    return record
+
+
+def read_image_provenance(path: Path = IMAGE_JSON) -> dict[str, Any] | None:
+    """The build provenance baked into this image, or None outside a transfer-bench image."""
+    if not Path(path).is_file():
+        return None
+    return read_json(path, kind=IMAGE_KIND, schema=IMAGE_SCHEMA)
+
+
+def container_fingerprint(
+    environ: Mapping[str, str] | None = None, path: Path = IMAGE_JSON
+) -> dict[str, Any] | None:
+    """``{"image_id", "image_digest", "build"}`` for the environment fingerprint, or None.
+
+    None outside a container (no ``BENCH_IMAGE_ID`` and no image.json). ``build`` is the
+    baked provenance without the full package list (its digest stays).
+    """
+    env = os.environ if environ is None else environ
+    image_id = env.get("BENCH_IMAGE_ID") or None
+    digest = env.get("BENCH_IMAGE_DIGEST") or None
+    build = read_image_provenance(path)
+    if image_id is None and digest is None and build is None:
+        return None
+    if build is not None:
+        build = {k: v for k, v in build.items() if k not in ("pip_freeze", "kind", "schema")}
+    return {"image_id": image_id, "image_digest": digest, "build": build}
