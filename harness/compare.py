@@ -68,6 +68,9 @@ HARDWARE_KEYS: tuple[str, ...] = (
     "keras",
 )
 
+# Without these on both sides the hardware is unknown, so throughput is not gated.
+REQUIRED_HARDWARE_KEYS: tuple[str, ...] = ("cpu.model", "backend")
+
 # Config keys that describe where/when a cell ran rather than what it computed.
 IGNORED_CONFIG_KEYS: frozenset[str] = frozenset(
     {"run_id", "run_dir", "out_dir", "output_dir", "output", "cell_id", "started_at"}
@@ -187,9 +190,17 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def hardware_differences(base_env: dict[str, Any], run_env: dict[str, Any]) -> dict[str, Any]:
-    """The hardware-identity keys whose values differ between two fingerprints."""
+    """The hardware-identity keys whose values differ between two fingerprints.
+
+    A key of :data:`REQUIRED_HARDWARE_KEYS` that is unknown on either side counts as a
+    difference: two fingerprints that both lack the CPU model do not prove the same machine.
+    """
     fb, fr = flatten(base_env), flatten(run_env)
-    return {k: (fb.get(k), fr.get(k)) for k in HARDWARE_KEYS if fb.get(k) != fr.get(k)}
+    out = {k: (fb.get(k), fr.get(k)) for k in HARDWARE_KEYS if fb.get(k) != fr.get(k)}
+    for k in REQUIRED_HARDWARE_KEYS:
+        if fb.get(k) is None or fr.get(k) is None:
+            out[k] = (fb.get(k, "unknown"), fr.get(k, "unknown"))
+    return out
 
 
 def environment_differences(base_env: dict[str, Any], run_env: dict[str, Any]) -> dict[str, Any]:

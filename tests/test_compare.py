@@ -237,3 +237,17 @@ def test_after_run_without_and_with_baseline(tmp_path, capsys):
     assert compare.after_run(bad) == 1
     out = capsys.readouterr().out
     assert "FAIL: run r-bad vs baseline r-base" in out and (bad / "report" / "report.md").is_file()
+
+
+def test_unknown_hardware_identity_is_not_gated(tmp_path):
+    """Fingerprints that both lack the CPU model do not prove the same machine."""
+    env = runkit.environment()
+    env.pop("cpu")
+    bl = tmp_path / "b.json"
+    baseline.accept(
+        runkit.write_run(tmp_path, runkit.standard_cells(), run_id="r-b", env=env), path=bl
+    )
+    run_dir = runkit.write_run(tmp_path, runkit.standard_cells(), run_id="r-n", env=env)
+    comparison = compare.compare_run(run_dir, bl)
+    assert not comparison.throughput_gated
+    assert comparison.hardware_differences == {"cpu.model": ("unknown", "unknown")}
