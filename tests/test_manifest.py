@@ -1,0 +1,163 @@
+"""The manifest parser: the repository's manifest as typed records, and bad manifests refused."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from data_fixtures import run_cli, write_manifest
+
+from harness.errors import InputError
+from harness.manifest import (
+    DerivedSource,
+    HttpsSource,
+    LocalSource,
+    SyntheticSource,
+    load_manifest,
+)
+
+KIND = "transfer-bench.manifest"
+REPO_MANIFEST = Path(__file__).resolve().parents[1] / "data" / "manifest.json"
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("BENCH_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("BENCH_DATA_DIR", str(tmp_path / "data"))
+    return tmp_path / "home"
+
+
+def _entry(**over: object) -> dict:
+    entry = {
+        "source": {"type": "https", "url": "https://example.org/a.tgz", "md5": "0" * 32},
+        "layout": {"format": "image-folders"},
+        "classes": ["a", "b"],
+        "channels": 3,
+        "splits": {"train": 4, "val": 2},
+        "prepared": {},
+    }
+    entry.update(over)
+    return entry
+
+
+def test_repository_manifest_parses_into_typed_records() -> None:
+    m = load_manifest(REPO_MANIFEST)
+    assert m.digest == hashlib.sha256(REPO_MANIFEST.read_bytes()).hexdigest()
+    chest = m.dataset("chest-xray")
+    assert isinstance(chest.source, HttpsSource)
+    assert chest.source.md5 == "d6a3c71de1b945ea11211b03746c1fe1"
+    assert chest.source.filename == "pneumoniamnist_224.npz"
+    assert chest.class_names == ("normal", "pneumonia") and chest.channels == 1
+    assert chest.splits == {"train": 4708, "val": 524, "test": 624}
+    cub = m.dataset("cub-200")
+    assert cub.class_names is None and cub.num_classes == 200
+    assert sum(cub.splits.values()) == 11788
+    assert isinstance(m.dataset("birds-400").source, LocalSource)
+    birds30 = m.dataset("birds-30")
+    assert isinstance(birds30.source, DerivedSource) and birds30.source.parent == "birds-400"
+    assert birds30.num_classes == 30 and birds30.splits["train"] == 3000
+    synthetic = [e for e in m.datasets.values() if isinstance(e.source, SyntheticSource)]
+    assert synthetic, "the synthetic datasets are listed"
+    weights = m.weight("mobilenet_v2_imagenet_1.0_224_no_top")
+    assert weights.size == 9406464 and weights.architecture["alpha"] == 1.0
+
+
+def test_fingerprint_ignores_pins_but_not_content() -> None:
+    m = load_manifest(REPO_MANIFEST)
+    raw = m.dataset("chest-xray").raw
+    pinned = dict(raw, source=dict(raw["source"], sha256="f" * 64), prepared={"224": {"digest": "0" * 64}})
+    reseeded = dict(raw, layout=dict(raw["layout"], format="other"))
+    from harness.manifest import _Fields, _parse_dataset
+
+    def parse(obj: dict) -> str:
+        return _parse_dataset("chest-xray", _Fields(obj, "d", REPO_MANIFEST)).fingerprint
+
+    base = parse(raw)
+    assert parse(pinned) == base
+    assert parse(reseeded) != base
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("{not json", "not valid JSON"),
+        (json.dumps({"kind": KIND, "schema": 99, "datasets": {}}), "schema 99"),
+        (json.dumps({"kind": "something-else", "schema": 1, "datasets": {}}), "kind="),
+        (json.dumps({"kind": KIND, "schema": 1}), "manifest.datasets: missing"),
+    ],
+    ids=["not-json", "unknown-schema", "wrong-kind", "no-datasets"],
+)
+def test_bad_manifest_file_exits_2_with_one_line(
+    home: Path, capsys: pytest.CaptureFixture[str], text: str, needle: str
+) -> None:
+    path = home / "data" / "manifest.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(text)
+    code, _, err = run_cli(capsys, "data", "list")
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("bench: error: ")
+    assert str(path) in err and needle in err
+
+
+@pytest.mark.parametrize(
+    ("mutate", "needle"),
+    [
+        (lambda e: e.pop("splits"), "datasets.pets.splits: missing field"),
+        (lambda e: e.pop("classes"), "datasets.pets.classes: missing field"),
+        (lambda e: e["source"].pop("url"), "datasets.pets.source.url: missing field"),
+        (lambda e: e.update(channels="3"), "datasets.pets.channels: expected int"),
+        (lambda e: e.update(channels=2), "datasets.pets.channels: expected 1 or 3"),
+        (lambda e: e["splits"].update(train=-1), "datasets.pets.splits.train"),
+        (lambda e: e["source"].update(type="ftp"), "unknown source type 'ftp'"),
+        (lambda e: e["source"].update(url="http://example.org/a"), "expected an https:// URL"),
+        (lambda e: e["source"].update(sha256="xyz"), "expected 64 lowercase hex digits"),
+        (lambda e: e.update(classes=["a", "a"]), "class names are not unique"),
+        (lambda e: e.update(prepared={"big": {"digest": "0" * 64}}), "image size like '224'"),
+        (lambda e: e.update(source={"type": "derived", "parent": "nope", "rule": {}}), "'nope'"),
+    ],
+    ids=[
+        "no-splits",
+        "no-classes",
+        "no-url",
+        "channels-type",
+        "channels-value",
+        "negative-split",
+        "source-type",
+        "plain-http",
+        "bad-sha256",
+        "duplicate-classes",
+        "prepared-size",
+        "unknown-parent",
+    ],
+)
+def test_bad_manifest_field_names_the_field(
+    home: Path, capsys: pytest.CaptureFixture[str], mutate: object, needle: str
+) -> None:
+    entry = _entry()
+    mutate(entry)  # type: ignore[operator]
+    write_manifest(home, {"pets": entry})
+    code, _, err = run_cli(capsys, "data", "list")
+    assert code == 2
+    assert err.count("\n") == 1 and needle in err, err
+
+
+def test_unknown_dataset_name_lists_the_known_ones(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_manifest(home, {"pets": _entry()})
+    for argv in (("data", "prepare", "nope"), ("data", "fetch", "nope"), ("data", "pin", "nope")):
+        code, _, err = run_cli(capsys, *argv)
+        assert code == 2 and err.count("\n") == 1
+        assert "'nope'" in err and "known: pets" in err
+    with pytest.raises(InputError, match="unknown weights 'w'"):
+        load_manifest().weight("w")
+
+
+def test_loopback_http_is_accepted_for_tests(home: Path) -> None:
+    entry = _entry(source={"type": "https", "url": "http://127.0.0.1:8/x/a.tar.gz"})
+    write_manifest(home, {"pets": entry})
+    source = load_manifest().dataset("pets").source
+    assert isinstance(source, HttpsSource) and source.filename == "a.tar.gz"
+    assert not source.pinned
