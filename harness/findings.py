@@ -183,6 +183,18 @@ def _channels(cells: list[CellResult], entry: Any | None) -> int | None:
     return channels if isinstance(channels, int) else None
 
 
+def strategy_label(cell: CellResult) -> str:
+    """The strategy as ranked: a pretrained strategy run without weights is ``<name>-random``.
+
+    Such a cell (``config["weights"] == "none"``) says nothing about transfer, so it must
+    not count as, say, feature extraction from pretrained weights in the rules of thumb.
+    """
+    s = cell.strategy
+    if s != SCRATCH and cell.config.get("weights") == "none" and not s.endswith("-random"):
+        return f"{s}-random"
+    return s
+
+
 def _metric(cells: list[CellResult]) -> tuple[str, str]:
     ok = [c for c in cells if c.ok]
     if ok and all(c.test_accuracy is not None for c in ok):
@@ -197,7 +209,7 @@ def rank(dataset: str, cells: list[CellResult], regime: Regime) -> DatasetFindin
     for c in cells:
         value = getattr(c, attr)
         if c.ok and value is not None:
-            by_strategy[c.strategy].append(100.0 * float(value))
+            by_strategy[strategy_label(c)].append(100.0 * float(value))
     scores = sorted(
         (StrategyScore(s, statistics.fmean(v), len(v)) for s, v in by_strategy.items()),
         key=lambda s: (-s.accuracy, s.strategy),

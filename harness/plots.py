@@ -49,7 +49,7 @@ def strategy_colour(strategy: str) -> str:
     return _PALETTE[idx % len(_PALETTE)]
 
 
-def _strategy_key(s: str) -> tuple[int, str]:
+def strategy_key(s: str) -> tuple[int, str]:
     return (STRATEGY_ORDER.index(s) if s in STRATEGY_ORDER else 99, s)
 
 
@@ -67,7 +67,7 @@ def learning_curves(dataset: str, cells: list[CellResult], path: Path) -> Path:
     """
     ok = sorted(
         (c for c in cells if c.ok and c.history),
-        key=lambda c: (_strategy_key(c.strategy), c.cell_id),
+        key=lambda c: (strategy_key(c.strategy), c.cell_id),
     )
     fig = Figure(figsize=(12, 4.6))
     ax_loss, ax_acc = fig.subplots(1, 2)
@@ -130,7 +130,7 @@ def accuracy_vs_throughput(cells: list[CellResult], path: Path) -> Path:
     fig = Figure(figsize=(9, 5.6))
     ax = fig.subplots()
     rates = []
-    for c in sorted(ok, key=lambda c: (c.dataset, _strategy_key(c.strategy))):
+    for c in sorted(ok, key=lambda c: (c.dataset, strategy_key(c.strategy))):
         t = c.train_throughput
         acc = c.test_accuracy if use_test else c.best_val_accuracy
         if t is None or acc is None:
@@ -165,7 +165,7 @@ def accuracy_vs_throughput(cells: list[CellResult], path: Path) -> Path:
         title="accuracy vs training throughput, one point per cell",
     )
     ax.grid(True, which="both", alpha=0.3)
-    strategies = sorted({c.strategy for c in ok}, key=_strategy_key)
+    strategies = sorted({c.strategy for c in ok}, key=strategy_key)
     handles = [
         Line2D([], [], color=strategy_colour(s), marker="o", linestyle="", markersize=9, label=s)
         for s in strategies

@@ -57,7 +57,7 @@ def _cell(text: str) -> str:
 def matrix_rows(cells: list[CellResult]) -> list[list[Any]]:
     """One row per cell, in the experiment's format plus what our harness measures."""
     rows = []
-    for c in sorted(cells, key=lambda c: (c.dataset, plots._strategy_key(c.strategy), c.cell_id)):
+    for c in sorted(cells, key=lambda c: (c.dataset, plots.strategy_key(c.strategy), c.cell_id)):
         t = c.train_throughput
         status = (
             "ok"
@@ -67,8 +67,8 @@ def matrix_rows(cells: list[CellResult]) -> list[list[Any]]:
         rows.append(
             [
                 c.dataset,
-                c.strategy,
-                findings_mod.EXPERIMENT_NAMES.get(c.strategy, ""),
+                findings_mod.strategy_label(c),
+                findings_mod.EXPERIMENT_NAMES.get(findings_mod.strategy_label(c), ""),
                 c.precision,
                 c.seed,
                 _pct(c.best_train_accuracy),
@@ -107,10 +107,11 @@ MATRIX_HEADERS = (
 
 def pivot_rows(cells: list[CellResult]) -> tuple[list[str], list[list[str]]]:
     """The experiment's summary table: dataset rows × strategy columns, "train / val %"."""
-    strategies = sorted({c.strategy for c in cells}, key=plots._strategy_key)
+    label = findings_mod.strategy_label
+    strategies = sorted({label(c) for c in cells}, key=plots.strategy_key)
     table: dict[str, dict[str, list[CellResult]]] = defaultdict(lambda: defaultdict(list))
     for c in cells:
-        table[c.dataset][c.strategy].append(c)
+        table[c.dataset][label(c)].append(c)
     rows = []
     for dataset in sorted(table):
         row = [dataset]

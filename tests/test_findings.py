@@ -80,3 +80,20 @@ def test_regime_derived_from_manifest_when_not_declared():
     assert F.regime_of("gray", cells, declared) == F.Regime("small", "similar", "manifest")
     unknown = F.regime_of("gray", cells, None)
     assert (unknown.data, unknown.domain) == (None, None)
+
+
+def test_pretrained_strategy_without_weights_is_not_counted_as_transfer():
+    cells = _cells("few", {"fine-tune": 0.90, "scratch": 0.60}, "small-similar")
+    cells.append(
+        runkit.cell(
+            "few",
+            "feature-extract",
+            val=0.95,
+            test=0.95,
+            config={"weights": "none", "regime": "small-similar"},
+        )
+    )
+    found = F.compute(cells, tolerance_points=2.0)
+    assert found.datasets[0].winner.strategy == "feature-extract-random"
+    (r,) = _rule(found, "small data, similar domain")
+    assert r.status == F.NOT_ENOUGH and "no ok head-only cell" in r.evidence
