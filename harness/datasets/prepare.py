@@ -88,9 +88,11 @@ def ensure_prepared(name: str, image_size: int, *, allow_unpinned: bool = False)
     if isinstance(entry.source, SyntheticSource):
         return prepare_synthetic(entry, image_size)
     folder = cache.cache_dir(name, image_size)
-    stale = "is stale (its manifest entry changed)" if folder.exists() else "is not prepared"
+    state = (
+        "has a stale cache (its manifest entry changed)" if folder.exists() else "is not prepared"
+    )
     raise InputError(
-        f"dataset {name!r} at {image_size} px {stale}: run `bench data fetch "
+        f"dataset {name!r} {state} at {image_size} px: run `bench data fetch "
         f"{_fetch_name(entry, manifest)}` if not yet fetched, then "
         f"`bench data prepare {name} --image-size {image_size}`"
     )
