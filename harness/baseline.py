@@ -150,7 +150,7 @@ def accept(
     cells = results.read_cells(run_dir)
     if not cells:
         raise InputError(f"{run_dir}: run {info.run_id!r} has no cell results; nothing to accept")
-    failed = [c.cell_id for c in cells if not c.ok]
+    failed = [c.cell_id for c in cells if c.status == "failed"]
     if failed and not force:
         raise RunFailure(
             f"run {info.run_id!r} has {len(failed)} failed cell(s) ({', '.join(failed)}); "

@@ -19,9 +19,10 @@ What counts as a regression (and, mirrored, an improvement):
 Cell verdicts: ``regression`` (a gated metric dropped beyond its allowance),
 ``improvement`` (one rose beyond it, none dropped), ``within noise``, ``missing`` (in the
 baseline, not in the run), ``new`` (in the run, not in the baseline), ``failed`` (the
-run's cell failed), ``not comparable`` (different config for the same cell id, or the
-baseline's cell failed). Exit 1 on any regression or failed cell, else 0; bad input
-(baseline of another profile or schema, unreadable file) is an InputError (exit 2).
+run's cell failed), ``not comparable`` (different config for the same cell id, a cell
+skipped in the run, or not ok in the baseline). Exit 1 on any regression or failed
+cell, else 0; bad input (baseline of another profile or schema, unreadable file) is an
+InputError (exit 2).
 """
 
 from __future__ import annotations
@@ -311,13 +312,22 @@ def compare_cells(
             continue
         if not run_cell.ok:
             error = (run_cell.error or "no error recorded").splitlines()[0][:160]
-            out.append(CellComparison(cell_id, FAILED, reason=error))
+            if run_cell.status == "failed":
+                out.append(CellComparison(cell_id, FAILED, reason=error))
+            else:  # e.g. "skipped": a precision the device lacks; nothing ran, nothing broke
+                out.append(
+                    CellComparison(cell_id, NOT_COMPARABLE, reason=f"{run_cell.status}: {error}")
+                )
             continue
         if base_cell is None:
             out.append(CellComparison(cell_id, NEW, reason="not in the baseline"))
             continue
         if not base_cell.ok:
-            out.append(CellComparison(cell_id, NOT_COMPARABLE, reason="failed in the baseline"))
+            out.append(
+                CellComparison(
+                    cell_id, NOT_COMPARABLE, reason=f"{base_cell.status} in the baseline"
+                )
+            )
             continue
         diffs = config_differences(base_cell.config, run_cell.config)
         if diffs:
@@ -473,7 +483,7 @@ def after_run(
         )
     report_path = report.write_report(run_dir, comparison=comparison, out_dir=out_dir)
     echo(f"report: {report_path}")
-    failed = sum(1 for c in cells if not c.ok)
+    failed = sum(1 for c in cells if c.status == "failed")
     if comparison is not None:
         return comparison.exit_code
     return EXIT_FAILURE if failed else EXIT_OK

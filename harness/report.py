@@ -45,6 +45,17 @@ def _mem(c: CellResult) -> str:
     return f"{c.peak_memory_bytes / 2**20:,.0f} MiB ({c.peak_memory_kind or '?'})"
 
 
+def _to_target(c: CellResult) -> str:
+    """Epochs and training seconds until val accuracy reached the cell's target."""
+    if c.target_accuracy is None or not c.ok:
+        return ""
+    goal = f"{100 * c.target_accuracy:.0f}%"
+    if c.epochs_to_target is None:
+        return f"{goal}: not reached"
+    secs = "" if c.time_to_target_s is None else f", {c.time_to_target_s:,.1f} s"
+    return f"{goal}: {c.epochs_to_target} ep{secs}"
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
@@ -62,7 +73,7 @@ def matrix_rows(cells: list[CellResult]) -> list[list[Any]]:
         status = (
             "ok"
             if c.ok
-            else "failed: " + _cell((c.error or "").splitlines()[0][:80] if c.error else "")
+            else f"{c.status}: " + _cell((c.error or "").splitlines()[0][:80] if c.error else "")
         )
         rows.append(
             [
@@ -75,6 +86,7 @@ def matrix_rows(cells: list[CellResult]) -> list[list[Any]]:
                 _pct(c.best_val_accuracy),
                 _pct(c.test_accuracy),
                 len(c.history) if c.history else "",
+                _to_target(c),
                 t.batch_size if t else "",
                 _rate(t),
                 _rate(c.inference_throughput),
@@ -96,6 +108,7 @@ MATRIX_HEADERS = (
     "best val acc %",
     "test acc %",
     "epochs",
+    "to target val acc",
     "batch",
     "train img/s median [IQR]",
     "inference img/s median [IQR]",
@@ -118,7 +131,8 @@ def pivot_rows(cells: list[CellResult]) -> tuple[list[str], list[list[str]]]:
         for s in strategies:
             group = [c for c in table[dataset].get(s, []) if c.ok]
             if not group:
-                row.append("failed" if table[dataset].get(s) else "")
+                statuses = sorted({c.status for c in table[dataset].get(s, [])})
+                row.append("/".join(statuses))
                 continue
             tr = [c.best_train_accuracy for c in group if c.best_train_accuracy is not None]
             va = [c.best_val_accuracy for c in group if c.best_val_accuracy is not None]
@@ -165,7 +179,7 @@ def _findings_section(f: findings_mod.Findings) -> list[str]:
     for d in f.datasets:
         out.append(f"- {findings_mod.winner_sentence(d, f.tolerance_points)}")
         if d.failed:
-            out.append(f"  - failed cells, not ranked: {', '.join(d.failed)}")
+            out.append(f"  - not ranked (failed or skipped): {', '.join(d.failed)}")
     out.append("")
     out.append("### Rules of thumb of the transfer-learning notes")
     out.append("")
@@ -234,7 +248,8 @@ def render_markdown(
 ) -> str:
     """The whole report as markdown text (pure; ``plot_paths`` are relative links)."""
     ok = sum(1 for c in cells if c.ok)
-    failed = [c.cell_id for c in cells if not c.ok]
+    failed = [c.cell_id for c in cells if c.status == "failed"]
+    skipped = [c.cell_id for c in cells if not c.ok and c.status != "failed"]
     planned_missing = sorted(set(info.cell_ids) - {c.cell_id for c in cells})
     lines = [
         f"# transfer-bench report: run `{info.run_id}`",
@@ -242,7 +257,9 @@ def render_markdown(
         f"Profile `{info.profile}`; started {info.started_at}, finished {info.finished_at or '—'}; "
         f"git commit `{info.git_commit or 'unknown'}`; "
         f"manifest digest `{info.manifest_digest[:16]}`.",
-        f"Cells: {len(cells)} with results ({ok} ok, {len(failed)} failed)"
+        f"Cells: {len(cells)} with results ({ok} ok, {len(failed)} failed"
+        + (f", {len(skipped)} skipped" if skipped else "")
+        + ")"
         + (f"; {len(planned_missing)} planned without a result" if planned_missing else "")
         + ".",
         "",
@@ -258,6 +275,8 @@ def render_markdown(
     lines += [tabulate(matrix_rows(cells), headers=MATRIX_HEADERS, tablefmt="github"), ""]
     if failed:
         lines += [f"Failed cells: {', '.join(failed)}.", ""]
+    if skipped:
+        lines += [f"Skipped cells: {', '.join(skipped)}.", ""]
     if planned_missing:
         lines += [f"Planned but without a result: {', '.join(planned_missing)}.", ""]
     lines += _findings_section(found)

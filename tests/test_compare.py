@@ -251,3 +251,22 @@ def test_unknown_hardware_identity_is_not_gated(tmp_path):
     comparison = compare.compare_run(run_dir, bl)
     assert not comparison.throughput_gated
     assert comparison.hardware_differences == {"cpu.model": ("unknown", "unknown")}
+
+
+def test_skipped_cell_is_not_comparable_and_does_not_fail(tmp_path, capsys):
+    """A precision the device lacks is 'skipped' by the runner: shown, not a failure."""
+    bl = _accept(runkit.write_run(tmp_path, runkit.standard_cells(), run_id="r-base"))
+    cells = runkit.standard_cells()
+    cells[0] = runkit.cell(
+        "synth-few",
+        "scratch",
+        status="skipped",
+        error="mixed_bfloat16 is not supported on this device",
+    )
+    run_dir = runkit.write_run(tmp_path, cells, run_id="r-new")
+    code, out, _ = _compare(capsys, str(run_dir), "--baseline", str(bl))
+    assert code == 0
+    row = next(line for line in out.splitlines() if line.startswith("synth-few/scratch"))
+    assert "not comparable" in row and "skipped: mixed_bfloat16 is not supported" in row
+    path, base = baseline.accept(run_dir, path=tmp_path / "b2.json")  # skipped is no failure
+    assert not base.forced
