@@ -268,5 +268,5 @@ def test_skipped_cell_is_not_comparable_and_does_not_fail(tmp_path, capsys):
     assert code == 0
     row = next(line for line in out.splitlines() if line.startswith("synth-few/scratch"))
     assert "not comparable" in row and "skipped: mixed_bfloat16 is not supported" in row
-    path, base = baseline.accept(run_dir, path=tmp_path / "b2.json")  # skipped is no failure
+    _, base = baseline.accept(run_dir, path=tmp_path / "b2.json")  # skipped is no failure
     assert not base.forced
