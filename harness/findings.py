@@ -237,11 +237,12 @@ def _compare_groups(
         return NOT_ENOUGH, f"no ok {lacking} cell on {finding.dataset}"
     gap = a.accuracy - b.accuracy
     status = HELD if gap >= -tol else NOT_HELD
-    relation = "ahead of" if gap > 0 else ("level with" if gap == 0 else "behind")
+    relation = (
+        f"{gap:.1f} pts ahead" if gap > 0 else f"{-gap:.1f} pts behind" if gap < 0 else "level"
+    )
     evidence = (
         f"{a.strategy} {a.accuracy:.1f}% vs {b.strategy} {b.accuracy:.1f}% "
-        f"({finding.metric}): {abs(gap):.1f} pts {relation} "
-        f"(competitive = within {tol:g} pts)"
+        f"({finding.metric}): {relation} (competitive = within {tol:g} pts)"
     )
     return status, evidence
 
@@ -314,9 +315,10 @@ def winner_sentence(f: DatasetFinding, tol: float) -> str:
     if f.margin is None:
         return f"**{f.dataset}**: only {w.strategy} ran ok ({w.accuracy:.1f}% {f.metric})."
     second = f.scores[1]
-    tie = " — within the tolerance, effectively a tie" if f.margin <= tol else ""
+    tie = f" — within the {tol:g}-pt tolerance, effectively a tie" if f.margin <= tol else ""
+    verb = "led" if tie else "won"
     return (
-        f"**{f.dataset}** ({f.regime.label}): {w.strategy} won with {w.accuracy:.1f}% "
+        f"**{f.dataset}** ({f.regime.label}): {w.strategy} {verb} with {w.accuracy:.1f}% "
         f"{f.metric}, {f.margin:.1f} pts ahead of {second.strategy} "
         f"({second.accuracy:.1f}%){tie}."
     )

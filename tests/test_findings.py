@@ -97,3 +97,11 @@ def test_pretrained_strategy_without_weights_is_not_counted_as_transfer():
     assert found.datasets[0].winner.strategy == "feature-extract-random"
     (r,) = _rule(found, "small data, similar domain")
     assert r.status == F.NOT_ENOUGH and "no ok head-only cell" in r.evidence
+
+
+def test_tie_within_tolerance_is_called_a_tie():
+    cells = _cells("few", {"fine-tune": 0.900, "full-fine-tune": 0.895})
+    (d,) = F.compute(cells, tolerance_points=2.0).datasets
+    line = F.winner_sentence(d, 2.0)
+    assert "fine-tune led with 90.0%" in line and "0.5 pts ahead of full-fine-tune" in line
+    assert "effectively a tie" in line
