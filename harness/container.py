@@ -304,21 +304,16 @@ def _mounts(config: RunConfig) -> tuple[list[Any], dict[str, str]]:
     return mounts, env
 
 
-def run_in_container(
-    args: Sequence[str],
-    config: RunConfig,
-    *,
-    client: docker.DockerClient | None = None,
-    stdout: IO[bytes] | None = None,
-    stderr: IO[bytes] | None = None,
-) -> int:
-    """Run ``bench ARGS`` in ``config.image``, stream its output, return its exit code.
+def container_options(
+    config: RunConfig, *, client: docker.DockerClient | None = None
+) -> dict[str, Any]:
+    """Keyword arguments for ``client.containers.create`` (image id first), minus the command.
 
-    The container has no network, the host's data/ and reports/ mounted, the image id in
-    ``BENCH_IMAGE_ID``, the host's ``BENCH_*`` settings (profile, debug …) and GPUs when
-    asked or available. It is removed afterwards; Ctrl-C stops it.
+    No network, data/ and reports/ bind-mounted, the image id in ``BENCH_IMAGE_ID``, the
+    host's ``BENCH_*`` settings (profile, debug …), the calling uid:gid, GPUs when asked for
+    or (``gpus=None``) when the engine can hand them out.
     """
-    from docker.errors import APIError, ImageNotFound
+    from docker.errors import ImageNotFound
     from docker.types import DeviceRequest
 
     client = client or connect()
@@ -338,22 +333,39 @@ def run_in_container(
     }
     environment |= env | image_identity(image) | dict(config.environment)
     gpus = config.gpus if config.gpus is not None else gpus_available(client)
-    device_requests = [DeviceRequest(count=-1, capabilities=[["gpu"]])] if gpus else None
-    user = config.user or f"{os.getuid()}:{os.getgid()}"
+    return {
+        "image": image.id,
+        "environment": environment,
+        "mounts": mounts,
+        "network_mode": "none",
+        "user": config.user or f"{os.getuid()}:{os.getgid()}",
+        "working_dir": WORKSPACE,
+        "device_requests": [DeviceRequest(count=-1, capabilities=[["gpu"]])] if gpus else None,
+        "labels": {"io.transfer-bench.image": config.image},
+    }
+
+
+def run_in_container(
+    args: Sequence[str],
+    config: RunConfig,
+    *,
+    client: docker.DockerClient | None = None,
+    stdout: IO[bytes] | None = None,
+    stderr: IO[bytes] | None = None,
+) -> int:
+    """Run ``bench ARGS`` in ``config.image``, stream its output, return its exit code.
+
+    The container is set up by :func:`container_options`; it is removed afterwards and
+    Ctrl-C stops it.
+    """
+    from docker.errors import APIError
+
+    client = client or connect()
+    options = container_options(config, client=client)
     out = stdout or sys.stdout.buffer
     err = stderr or sys.stderr.buffer
     try:
-        container = client.containers.create(
-            image.id,
-            command=list(args),
-            environment=environment,
-            mounts=mounts,
-            network_mode="none",
-            user=user,
-            working_dir=WORKSPACE,
-            device_requests=device_requests,
-            labels={"io.transfer-bench.image": config.image},
-        )
+        container = client.containers.create(command=list(args), **options)
     except APIError as exc:
         raise RunFailure(
             f"cannot create a container from {config.image}: {exc.explanation}"
@@ -427,6 +439,7 @@ def write_image_provenance(
         "pip_freeze_sha256": hashlib.sha256(("\n".join(freeze) + "\n").encode()).hexdigest(),
     }
     write_json(path, record, kind=IMAGE_KIND, schema=IMAGE_SCHEMA)
+    Path(path).chmod(0o644)  # written as root at build time, read by whichever uid runs
     return record
 
 

@@ -1,0 +1,252 @@
+"""The container, end to end, on a real Docker engine.
+
+Builds the CPU image through harness.container (the SDK, classic builder) once per
+session, then runs bench in it with no network. Needs the engine and the base image from
+`scripts/docker-setup.sh`; without them these tests FAIL saying so. Set
+BENCH_SKIP_DOCKER=1 to skip them on purpose.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harness import __version__, container
+from harness.errors import InputError
+
+pytestmark = pytest.mark.docker
+
+ROOT = Path(__file__).resolve().parents[1]
+SETUP = (
+    "run `sudo scripts/docker-setup.sh` (installs Docker, starts dockerd, builds the base image)"
+)
+
+if os.environ.get("BENCH_SKIP_DOCKER") == "1":
+    pytest.skip("BENCH_SKIP_DOCKER=1: Docker tests skipped on request", allow_module_level=True)
+
+
+@pytest.fixture(scope="session")
+def client() -> Iterator[object]:
+    try:
+        docker_client = container.connect()
+    except container.DockerUnavailable as exc:
+        pytest.fail(f"{exc.message} — {SETUP}, or set BENCH_SKIP_DOCKER=1 to skip", False)
+    yield docker_client
+    docker_client.close()
+
+
+@pytest.fixture(scope="session")
+def cpu_image(client: object) -> container.BuiltImage:
+    """transfer-bench:cpu built from this checkout (layer cache makes rebuilds quick)."""
+    try:
+        return container.build_image(container.BuildConfig(tf="cpu", context=ROOT), client=client)
+    except InputError as exc:
+        pytest.fail(f"{exc.message} — {SETUP}", False)
+
+
+@pytest.fixture
+def workdirs(tmp_path: Path) -> tuple[Path, Path]:
+    """A data folder holding this checkout's manifest (+ shipped weights) and an empty reports."""
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy2(ROOT / "data" / "manifest.json", data / "manifest.json")
+    if (ROOT / "data" / "weights").is_dir():
+        shutil.copytree(ROOT / "data" / "weights", data / "weights")
+    reports = tmp_path / "reports"
+    return data, reports
+
+
+def _run(
+    image: container.BuiltImage,
+    args: list[str],
+    data: Path,
+    reports: Path,
+    client: object,
+    user: str | None = None,
+) -> tuple[int, str, str]:
+    out, err = io.BytesIO(), io.BytesIO()
+    config = container.RunConfig(
+        image=image.tag, gpus=False, data_dir=data, reports_dir=reports, user=user
+    )
+    code = container.run_in_container(args, config, client=client, stdout=out, stderr=err)
+    return code, out.getvalue().decode(), err.getvalue().decode()
+
+
+def test_image_is_built_from_the_requested_base(cpu_image: container.BuiltImage, client) -> None:
+    image = client.images.get(cpu_image.tag)
+    assert image.id == cpu_image.image_id
+    assert image.labels["io.transfer-bench.tf"] == "cpu"
+    assert cpu_image.build_args["BASE_IMAGE"] == container.DEFAULT_BASE_IMAGE
+    assert (
+        cpu_image.build_args["BASE_IMAGE_ID"] == client.images.get(container.DEFAULT_BASE_IMAGE).id
+    )
+    assert image.attrs["Config"]["Entrypoint"] == ["bench"]
+    assert image.attrs["Config"]["User"] == "bench"
+
+
+def test_bench_version_runs_in_the_container(cpu_image, client, workdirs) -> None:
+    code, out, err = _run(cpu_image, ["--version"], *workdirs, client)
+    assert (code, out.strip()) == (0, f"transfer-bench {__version__}"), err
+
+
+def test_exit_code_and_stderr_come_back(cpu_image, client, workdirs) -> None:
+    code, out, err = _run(cpu_image, ["no-such-command"], *workdirs, client)
+    assert code == 2
+    assert "invalid choice: 'no-such-command'" in err
+    assert out == ""
+
+
+def test_data_list_reads_the_mounted_manifest(cpu_image, client, workdirs) -> None:
+    data, reports = workdirs
+    code, out, err = _run(cpu_image, ["data", "list", "--json"], data, reports, client)
+    assert code == 0, err
+    names = {entry["name"] for entry in json.loads(out)}
+    manifest = json.loads((data / "manifest.json").read_text())
+    assert set(manifest["datasets"]) <= names
+
+
+def test_container_has_no_network_but_loopback(cpu_image, client, workdirs) -> None:
+    options = container.container_options(
+        container.RunConfig(
+            image=cpu_image.tag, gpus=False, data_dir=workdirs[0], reports_dir=workdirs[1]
+        ),
+        client=client,
+    )
+    assert options["network_mode"] == "none"
+    assert options["device_requests"] is None
+    probe = (
+        "import socket, json; names = [n for _, n in socket.if_nameindex()]\n"
+        "s = socket.socket()\n"
+        "try:\n    s.connect(('1.1.1.1', 443)); reach = True\n"
+        "except OSError:\n    reach = False\n"
+        "print(json.dumps({'ifaces': names, 'reach': reach}))"
+    )
+    output = client.containers.run(
+        entrypoint=["python", "-c", probe], remove=True, stdout=True, stderr=False, **options
+    )
+    result = json.loads(output)
+    assert result == {"ifaces": ["lo"], "reach": False}
+
+
+def test_provenance_and_image_id_reach_the_fingerprint(cpu_image, client, workdirs) -> None:
+    # As an arbitrary non-root uid (compose's default is 1000; CI runners use others).
+    code, out, err = _run(
+        cpu_image, ["docker", "info", "--json"], *workdirs, client, user="4321:4321"
+    )
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["where"] == "container"
+    assert info["image_id"] == cpu_image.image_id
+    build = info["build"]
+    assert build["tf_extra"] == "cpu"
+    assert build["harness_version"] == __version__
+    assert build["base_image_id"] == cpu_image.build_args["BASE_IMAGE_ID"]
+    assert build["git_commit"] == cpu_image.build_args["GIT_COMMIT"]
+    assert len(build["pip_freeze_sha256"]) == 64
+    # The baked package list is the image's real one: tensorflow-cpu, no CUDA wheels.
+    freeze = client.containers.run(
+        cpu_image.tag,
+        entrypoint=["cat", str(container.IMAGE_JSON)],
+        remove=True,
+        network_mode="none",
+    )
+    names = {
+        line.split("==")[0].replace("_", "-").lower() for line in json.loads(freeze)["pip_freeze"]
+    }
+    assert {"tensorflow-cpu", "keras", "transfer-bench @ file:///tmp/src"} <= names
+    assert not any(name.startswith(("nvidia-", "tensorflow-cuda")) for name in names)
+
+
+def test_writes_to_mounted_data_belong_to_the_caller(cpu_image, client, workdirs) -> None:
+    data, reports = workdirs
+    code, _, err = _run(
+        cpu_image, ["data", "prepare", "synth-xray", "--image-size", "32"], data, reports, client
+    )
+    assert code == 0, err
+    written = [p for p in (data / "prepared").rglob("*") if p.is_file()]
+    assert any(p.name == "meta.json" for p in written)
+    assert {p.stat().st_uid for p in written} == {os.getuid()}
+
+
+def test_missing_image_names_the_build_command(client, workdirs) -> None:
+    config = container.RunConfig(image="transfer-bench:cuda-missing-test", data_dir=workdirs[0])
+    with pytest.raises(InputError, match="not found; build it with `bench docker build`"):
+        container.run_in_container(["--version"], config, client=client)
+
+
+def test_ca_bundle_is_staged_in_an_ignored_folder(tmp_path: Path) -> None:
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n")
+    staged = container.stage_ca_bundle(tmp_path, bundle)
+    assert staged == tmp_path / ".docker-ca" / "ca-certificates.crt"
+    assert staged.read_text() == bundle.read_text()
+    ignored = subprocess.run(
+        ["git", "-C", str(ROOT), "check-ignore", "-q", ".docker-ca/ca-certificates.crt"],
+        check=False,
+    )
+    assert ignored.returncode == 0, ".docker-ca/ must be git-ignored"
+
+
+def _compose() -> list[str]:
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    docker = shutil.which("docker")
+    if (
+        docker
+        and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0
+    ):
+        return [docker, "compose"]
+    pytest.fail(f"neither docker-compose nor `docker compose` found — {SETUP}", False)
+
+
+def test_compose_files_validate(client) -> None:
+    base = [*_compose(), "-f", str(ROOT / "compose.yaml")]
+    plain = subprocess.run([*base, "config"], capture_output=True, text=True, cwd=ROOT)
+    assert plain.returncode == 0, plain.stderr
+    assert "network_mode: none" in plain.stdout
+    assert "capabilities" not in plain.stdout  # no GPU reservation without the override
+    gpu = subprocess.run(
+        [*base, "-f", str(ROOT / "compose.gpu.yaml"), "config"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert gpu.returncode == 0, gpu.stderr
+    assert "driver: nvidia" in gpu.stdout
+
+
+def test_compose_run_uses_the_image(cpu_image, client, workdirs) -> None:
+    data, reports = workdirs
+    reports.mkdir()
+    env = {
+        **os.environ,
+        "BENCH_TF": "cpu",
+        "BENCH_UID": str(os.getuid()),
+        "BENCH_GID": str(os.getgid()),
+        "BENCH_DATA": str(data),
+        "BENCH_REPORTS": str(reports),
+        "BENCH_IMAGE_ID": cpu_image.image_id,
+    }
+    cmd = [*_compose(), "-f", str(ROOT / "compose.yaml"), "run", "--rm", "-T", "bench"]
+    version = subprocess.run(
+        [*cmd, "--version"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300
+    )
+    assert version.returncode == 0, version.stderr
+    assert version.stdout.strip().endswith(f"transfer-bench {__version__}")
+    info = subprocess.run(
+        [*cmd, "docker", "info", "--json"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
+    assert info.returncode == 0, info.stderr
+    assert json.loads(info.stdout)["image_id"] == cpu_image.image_id
