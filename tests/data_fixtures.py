@@ -171,7 +171,7 @@ class Server:
 def http_server() -> Iterator[Server]:
     handler = type("Handler", (_Handler,), {"routes": {}})
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True)
     thread.start()
     try:
         yield Server(httpd, handler)

@@ -67,7 +67,9 @@ def test_repository_manifest_parses_into_typed_records() -> None:
 def test_fingerprint_ignores_pins_but_not_content() -> None:
     m = load_manifest(REPO_MANIFEST)
     raw = m.dataset("chest-xray").raw
-    pinned = dict(raw, source=dict(raw["source"], sha256="f" * 64), prepared={"224": {"digest": "0" * 64}})
+    pinned = dict(
+        raw, source=dict(raw["source"], sha256="f" * 64), prepared={"224": {"digest": "0" * 64}}
+    )
     reseeded = dict(raw, layout=dict(raw["layout"], format="other"))
     from harness.manifest import _Fields, _parse_dataset
 

@@ -73,7 +73,7 @@ def check_zip(archive: Path, zf: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
             ):
                 raise _refuse(archive, info.filename, f"is a symlink pointing outside ({target!r})")
             raise _refuse(archive, info.filename, "is a symlink (not supported in zip archives)")
-        if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        if stat.S_IFMT(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
             raise _refuse(archive, info.filename, "is a device or fifo file")
     return infos
 

@@ -1,0 +1,270 @@
+"""Every bad input exits 2 with one line naming it, leaves no partial file, spares the old cache.
+
+A good dataset is fetched from a loopback HTTP server and prepared first; each case then
+points the manifest at a broken download or archive and checks the refusal.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from data_fixtures import (
+    Server,
+    files_under,
+    folders_entry,
+    http_server,
+    make_image_folders,
+    make_tar,
+    run_cli,
+    sha256,
+    tar_with,
+    write_manifest,
+)
+
+from harness.datasets import cache
+
+SPLITS = {"train": {"cat": 3, "dog": 3}, "val": {"cat": 1, "dog": 1}}
+COUNTS = {"train": 6, "val": 2}
+PARTIAL_MARKERS = (".part", ".staging-", ".extract-", ".old-", ".compact")
+
+
+@dataclass
+class Good:
+    env: Path
+    server: Server
+    src: Path
+    body: bytes
+    capsys: pytest.CaptureFixture[str]
+
+    @property
+    def data(self) -> Path:
+        return self.env / "data"
+
+    @property
+    def archive(self) -> Path:
+        return self.data / "archives" / "pets.tar.gz"
+
+    def point_at(self, route: str, archive_bytes: bytes | None, mode: str = "ok", arg: int = 0):
+        """Serve ``archive_bytes`` at ``route`` and make the manifest's pets entry use it."""
+        body = archive_bytes if archive_bytes is not None else self.body
+        self.server.routes[route] = (mode, body, arg)
+        pinned = self.env / "pinned.bin"
+        pinned.write_bytes(body)
+        entry = folders_entry(self.server.url(route), pinned, ["cat", "dog"], COUNTS)
+        entry["source"]["filename"] = "pets.tar.gz"
+        write_manifest(self.env / "home", {"pets": entry})
+
+    def refused(self, argv: tuple[str, ...], *needles: str) -> str:
+        """Run ``bench ARGV``; it must exit 2 with one line holding every needle."""
+        prepared = files_under(cache.cache_dir("pets", 16))
+        code, _, err = run_cli(self.capsys, *argv)
+        assert code == 2, err
+        assert err.count("\n") == 1 and err.startswith("bench: error: "), err
+        for needle in needles:
+            assert needle in err, err
+        leftovers = [p for p in self.data.rglob("*") if any(m in p.name for m in PARTIAL_MARKERS)]
+        assert leftovers == []
+        assert files_under(cache.cache_dir("pets", 16)) == prepared  # the good cache is intact
+        assert cache.read_meta(cache.cache_dir("pets", 16))["splits"] == COUNTS
+        return err
+
+
+@pytest.fixture
+def good(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Iterator[Good]:
+    monkeypatch.setenv("BENCH_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("BENCH_DATA_DIR", str(tmp_path / "data"))
+    src = make_image_folders(tmp_path / "src", SPLITS)
+    body = make_tar(src, tmp_path / "pets.tar.gz").read_bytes()
+    with http_server() as server:
+        g = Good(tmp_path, server, src, body, capsys)
+        g.point_at("/pets.tar.gz", body)
+        assert run_cli(capsys, "data", "fetch", "pets")[0] == 0
+        code, _, err = run_cli(capsys, "data", "prepare", "pets", "--image-size", "16")
+        assert code == 0, err
+        yield g
+
+
+# --- downloads -------------------------------------------------------------------------
+
+
+def test_wrong_hash_keeps_the_download_as_bad(good: Good) -> None:
+    good.point_at("/other.tar.gz", good.body)
+    entry = json.loads((good.env / "home" / "data" / "manifest.json").read_text())
+    entry["datasets"]["pets"]["source"]["sha256"] = "0" * 64
+    entry["datasets"]["pets"]["source"]["size"] = None
+    (good.env / "home" / "data" / "manifest.json").write_text(json.dumps(entry))
+    err = good.refused(("data", "fetch", "pets"), "'pets'", "sha256 mismatch", "0" * 64)
+    bad = good.archive.with_name("pets.tar.gz.bad")
+    assert bad.read_bytes() == good.body and str(bad) in err
+    assert f"got {sha256(bad)}" in err
+
+
+@pytest.mark.parametrize(
+    ("mode", "arg", "needles"),
+    [
+        ("status", 404, ("HTTP 404",)),
+        ("status", 500, ("HTTP 500",)),
+        ("short", -1, ("cut short",)),
+    ],
+    ids=["http-404", "http-500", "truncated"],
+)
+def test_http_failures_leave_no_file(good: Good, mode: str, arg: int, needles: tuple) -> None:
+    good.archive.unlink()
+    if arg == -1:
+        arg = len(good.body) // 2
+    good.point_at("/broken.tar.gz", good.body if mode != "status" else b"", mode, arg)
+    # the manifest pins the real archive, so only the transfer is at fault
+    entry = json.loads((good.env / "home" / "data" / "manifest.json").read_text())
+    entry["datasets"]["pets"]["source"]["sha256"] = sha256(good.env / "pets.tar.gz")
+    entry["datasets"]["pets"]["source"]["size"] = len(good.body)
+    (good.env / "home" / "data" / "manifest.json").write_text(json.dumps(entry))
+    good.refused(("data", "fetch", "pets"), "'pets'", "/broken.tar.gz", *needles)
+    assert not good.archive.exists()
+    assert not good.archive.with_name("pets.tar.gz.bad").exists()
+
+
+def test_connection_dropped_mid_file(good: Good) -> None:
+    good.archive.unlink()
+    good.point_at("/drop.tar.gz", good.body, "drop", len(good.body) // 3)
+    err = good.refused(("data", "fetch", "pets"), "'pets'", "/drop.tar.gz")
+    assert "connection dropped" in err or "cut short" in err
+    assert not good.archive.exists()
+
+
+# --- archives --------------------------------------------------------------------------
+
+
+def _member(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = linkname
+    info.mode = 0o644
+    return info
+
+
+@pytest.mark.parametrize(
+    ("members", "needle"),
+    [
+        ([_member("train/cat/ok.jpg"), _member("../evil.txt")], "contains '..'"),
+        ([_member("/tmp/tb-evil.txt")], "absolute path"),
+        ([_member("train/cat/link", tarfile.SYMTYPE, "../../../outside")], "symlink pointing"),
+        ([_member("train/cat/link", tarfile.SYMTYPE, "/etc/passwd")], "symlink pointing"),
+        ([_member("train/cat/hard", tarfile.LNKTYPE, "../x")], "hard link pointing outside"),
+        ([_member("train/cat/dev", tarfile.CHRTYPE)], "device or fifo"),
+        ([_member("train/cat/fifo", tarfile.FIFOTYPE)], "device or fifo"),
+    ],
+    ids=["dotdot", "absolute", "symlink-up", "symlink-absolute", "hardlink", "device", "fifo"],
+)
+def test_unsafe_tar_is_refused(good: Good, members: list, needle: str) -> None:
+    extracted = files_under(good.data / "archives" / "extracted" / "pets")
+    bad = tar_with(good.env / "bad.tar.gz", members)
+    good.point_at("/bad.tar.gz", bad.read_bytes())
+    good.refused(("data", "fetch", "pets"), "pets.tar.gz", needle, "refusing")
+    assert files_under(good.data / "archives" / "extracted" / "pets") == extracted
+    assert not Path("/tmp/tb-evil.txt").exists()
+    assert not (good.data / "archives" / "evil.txt").exists()
+
+
+def test_zip_slip_is_refused(good: Good) -> None:
+    bad = good.env / "slip.zip"
+    with zipfile.ZipFile(bad, "w") as zf:
+        zf.writestr("train/cat/000.jpg", b"x")
+        zf.writestr("train/../../../evil.txt", b"owned")
+    good.point_at("/slip.zip", bad.read_bytes())
+    good.refused(("data", "fetch", "pets"), "evil.txt", "contains '..'")
+    assert not any(p.name == "evil.txt" for p in good.env.rglob("*"))
+
+
+def test_damaged_archive_is_refused(good: Good) -> None:
+    good.point_at("/junk.tar.gz", b"\x1f\x8b not really gzip")
+    good.refused(("data", "fetch", "pets"), "not a tar or zip archive")
+
+
+# --- contents (prepare) ----------------------------------------------------------------
+
+
+def _variant(good: Good, change: Callable[[Path], None]) -> None:
+    """Fetch a copy of the good dataset with ``change`` applied to its folder."""
+    src = good.env / "variant"
+    shutil.copytree(good.src, src)
+    change(src)
+    body = make_tar(src, good.env / "variant.tar.gz").read_bytes()
+    good.point_at("/variant.tar.gz", body)
+    code, _, err = run_cli(good.capsys, "data", "fetch", "pets")
+    assert code == 0, err
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_corrupt_jpeg_names_the_file(good: Good, workers: str) -> None:
+    _variant(good, lambda src: _truncate(src / "train" / "dog" / "001.jpg"))
+    argv = ("data", "prepare", "pets", "--image-size", "16", "--workers", workers)
+    good.refused(argv, "dog/001.jpg", "corrupt image", "--skip-corrupt")
+
+
+def test_skip_corrupt_counts_the_skipped_file(good: Good) -> None:
+    _variant(good, lambda src: _truncate(src / "train" / "dog" / "001.jpg"))
+    code, out, err = run_cli(
+        good.capsys, "data", "prepare", "pets", "--image-size", "12", "--skip-corrupt"
+    )
+    assert code == 0, err
+    assert "skipped 1 corrupt" in out
+    meta = cache.read_meta(cache.cache_dir("pets", 12))
+    assert meta["skipped_corrupt"] == 1 and meta["splits"]["train"] == 5
+    assert meta["skipped_files"][0].endswith("dog/001.jpg")
+    from harness.datasets.loader import open_split
+
+    train = open_split("pets", "train", 12)
+    assert train.labels.tolist() == [0, 0, 0, 1, 1] and train.images.shape[0] == 5
+
+
+def test_non_image_file_in_a_class_folder(good: Good) -> None:
+    def change(src: Path) -> None:
+        (src / "train" / "cat" / "000.jpg").unlink()
+        (src / "train" / "cat" / "notes.txt").write_text("not a picture\n")
+
+    _variant(good, change)
+    good.refused(("data", "prepare", "pets", "--image-size", "16"), "notes.txt", "not an image")
+
+
+def test_empty_class_folder(good: Good) -> None:
+    def change(src: Path) -> None:
+        for f in (src / "val" / "dog").iterdir():
+            f.unlink()
+
+    _variant(good, change)
+    good.refused(
+        ("data", "prepare", "pets", "--image-size", "16"), "class folder", "val/dog", "is empty"
+    )
+
+
+def test_class_names_disagreeing_with_the_manifest(good: Good) -> None:
+    def change(src: Path) -> None:
+        (src / "train" / "dog").rename(src / "train" / "cow")
+
+    _variant(good, change)
+    good.refused(
+        ("data", "prepare", "pets", "--image-size", "16"),
+        "disagree with the manifest",
+        "missing ['dog']",
+        "not in the manifest ['cow']",
+    )
+
+
+def test_split_size_disagreeing_with_the_manifest(good: Good) -> None:
+    _variant(good, lambda src: (src / "train" / "cat" / "000.jpg").unlink())
+    good.refused(
+        ("data", "prepare", "pets", "--image-size", "16"), "split 'train'", "found 5", "says 6"
+    )
