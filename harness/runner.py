@@ -1,0 +1,429 @@
+"""Run one cell in this process and return its :class:`~harness.results.CellResult`.
+
+Call it from a fresh process (``python -m harness.cellproc``): the seed, the precision
+policy and the backend's graph caches are process-global. The order matters and is:
+
+1. the precision check — a precision the device cannot run is an error
+   (:class:`PrecisionUnsupported`), never a silent fallback (a dry run records it and
+   runs the graph anyway, to check it);
+2. ``keras.utils.set_random_seed(seed)`` and op determinism (on by default);
+3. ``keras.mixed_precision.set_dtype_policy(precision)`` (the output layer stays float32);
+4. data: the prepared uint8 cache loaded fully into memory (or synthetic stand-ins of the
+   same shape for ``input = "synthetic"`` and dry runs); preprocessing and augmentation are
+   layers inside the model, so the input side never limits the measured throughput;
+5. the model (:mod:`harness.strategies`), then one ``fit`` per stage with the timing
+   callbacks (:mod:`harness.timing`), ReduceLROnPlateau where the cell asks;
+6. test accuracy, inference throughput at a fixed batch, peak memory, weights digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness import backend
+from harness.errors import BenchError, InputError
+from harness.matrix import NO_WEIGHTS, CellSpec
+from harness.results import CellResult, EpochRecord
+
+EpochHook = Callable[[dict[str, Any]], None]
+
+
+class PrecisionUnsupported(BenchError):
+    """The device cannot run the cell's precision (see :mod:`harness.backend`)."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class CellData:
+    """A cell's arrays, in memory: uint8 images N×H×W×3 and int32 labels."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray | None
+    y_test: np.ndarray | None
+    num_classes: int
+    input_kind: str  # "real" or "synthetic"
+    digests: dict[str, str]
+    note: str = ""
+
+
+def num_classes_of(cell: CellSpec) -> int:
+    if cell.input == "synthetic":
+        assert cell.num_classes is not None
+        return cell.num_classes
+    from harness.manifest import load_manifest
+
+    return load_manifest().dataset(cell.dataset).num_classes
+
+
+def standins(cell: CellSpec, num_classes: int, n_train: int, n_val: int) -> CellData:
+    """Random uint8 images and labels of the cell's shape (dry runs, synthetic input)."""
+    rng = np.random.default_rng(cell.seed)
+    s = cell.image_size
+
+    def imgs(n: int) -> np.ndarray:
+        return rng.integers(0, 256, size=(n, s, s, 3), dtype=np.uint8)
+
+    def labels(n: int) -> np.ndarray:
+        return rng.integers(0, num_classes, size=n, dtype=np.int32)
+
+    return CellData(
+        imgs(n_train), labels(n_train), imgs(n_val), labels(n_val), None, None,
+        num_classes, "synthetic", {}, note="random uint8 stand-ins of the cell's shape",
+    )  # fmt: skip
+
+
+def load_data(cell: CellSpec, *, allow_unpinned: bool = False) -> CellData:
+    """The prepared splits of a real-data cell, read into memory (generated if synthetic)."""
+    from harness.datasets.loader import open_split
+    from harness.datasets.prepare import ensure_prepared
+
+    ensure_prepared(cell.dataset, cell.image_size, allow_unpinned=allow_unpinned)
+    train = open_split(cell.dataset, "train", cell.image_size)
+    val = open_split(cell.dataset, "val", cell.image_size)
+    try:
+        test = open_split(cell.dataset, "test", cell.image_size)
+    except InputError:
+        test = None
+    return CellData(
+        np.ascontiguousarray(train.images), np.asarray(train.labels, np.int32),
+        np.ascontiguousarray(val.images), np.asarray(val.labels, np.int32),
+        None if test is None else np.ascontiguousarray(test.images),
+        None if test is None else np.asarray(test.labels, np.int32),
+        train.num_classes, "real", {"prepared": train.digest},
+    )  # fmt: skip
+
+
+def resolve_backbone_weights(
+    cell: CellSpec, *, dry_run: bool, allow_unpinned: bool
+) -> tuple[Path | None, str]:
+    """(weights file or None, what the backbone was initialised with, in words)."""
+    if not cell.pretrained:
+        why = "scratch" if cell.strategy == "scratch" else 'weights = "none"'
+        return None, f"random init ({why})"
+    from harness.datasets.weights import resolve_weights
+    from harness.manifest import load_manifest
+
+    entry = load_manifest().weight(cell.weights)
+    arch = entry.architecture
+    if float(arch.get("alpha", cell.alpha)) != cell.alpha:
+        raise InputError(
+            f"{cell.cell_id}: weights {cell.weights!r} are for alpha {arch.get('alpha')}, "
+            f"the cell has alpha {cell.alpha}"
+        )
+    try:
+        path = resolve_weights(cell.weights, allow_unpinned=allow_unpinned)
+    except InputError as exc:
+        if not dry_run:
+            raise
+        return None, (
+            f"dry run: weights {cell.weights!r} not available here ({exc.message}); "
+            "same architecture with RANDOM weights"
+        )
+    return path, f"{cell.weights} ({entry.pretrained_on}), {path.name}"
+
+
+def weights_digest(model: Any) -> str:
+    """sha256 over every weight of the model (trainable and not), in model order."""
+    import keras
+
+    h = hashlib.sha256()
+    for w in model.weights:
+        arr = np.ascontiguousarray(keras.ops.convert_to_numpy(w))
+        h.update(f"{w.path}:{arr.dtype}:{arr.shape};".encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def _cycle_batch(x: np.ndarray, n: int) -> np.ndarray:
+    if len(x) >= n:
+        return np.ascontiguousarray(x[:n])
+    reps = -(-n // len(x))
+    return np.ascontiguousarray(np.concatenate([x] * reps)[:n])
+
+
+def run_cell(
+    cell: CellSpec,
+    *,
+    dry_run: bool = False,
+    on_epoch: EpochHook | None = None,
+    allow_unpinned: bool = False,
+) -> CellResult:
+    """Run ``cell`` in this process. Raises on failure (the caller records it)."""
+    t_start = time.perf_counter()
+    import keras
+
+    from harness import strategies, timing
+
+    backend_name = backend.name()
+    notes: list[str] = []
+    devs = backend.devices()
+    problem = backend.precision_problem(cell.precision, devs)
+    if problem:
+        if not dry_run:
+            raise PrecisionUnsupported(f"{cell.cell_id}: {problem}")
+        notes.append(f"dry run: {problem} — the graph was run anyway to check it")
+
+    keras.utils.set_random_seed(cell.seed)
+    determinism = backend.enable_determinism(cell.deterministic)
+    keras.mixed_precision.set_dtype_policy(cell.precision)
+
+    num_classes = num_classes_of(cell)
+    plan = strategies.plan(cell)
+    if dry_run:
+        batch = min(cell.dry_run_batch, cell.batch_size)
+        steps = cell.dry_run_steps
+        data = standins(cell, num_classes, batch * steps, batch)
+        epochs_map = {s.name: i + 1 for i, s in enumerate(plan.stages)}
+        warmup = min(cell.warmup_steps, steps - 1)
+        inf_batch, inf_steps, inf_warm = batch, 1, 1
+    else:
+        batch = cell.batch_size
+        if cell.input == "synthetic":
+            steps = cell.steps_per_epoch or 10
+            data = standins(cell, num_classes, batch * steps, cell.inference_batch)
+        else:
+            data = load_data(cell, allow_unpinned=allow_unpinned)
+        epochs_map = {s.name: s.until_epoch for s in plan.stages}
+        warmup = cell.warmup_steps
+        inf_batch, inf_steps, inf_warm = (
+            cell.inference_batch,
+            cell.inference_steps,
+            cell.inference_warmup,
+        )
+    weights_file, weights_note = resolve_backbone_weights(
+        cell, dry_run=dry_run, allow_unpinned=allow_unpinned
+    )
+
+    built = strategies.build(cell, data.num_classes, weights_file, weights_note)
+    backend.reset_peak_memory()
+
+    epoch_timer = timing.EpochTimer(
+        on_epoch=(lambda row: on_epoch(_epoch_event(row, epochs_map))) if on_epoch else None
+    )
+    ttt = timing.TimeToTarget(cell.target_accuracy, epoch_timer)
+    step_timer = timing.StepTimer(warmup)
+    callbacks: list[Any] = [epoch_timer, ttt, step_timer]
+    if cell.reduce_lr:
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss",
+                factor=cell.reduce_lr_factor,
+                patience=cell.reduce_lr_patience,
+                min_lr=cell.reduce_lr_min,
+            )
+        )
+
+    x_train, y_train, x_val, y_val = data.x_train, data.y_train, data.x_val, data.y_val
+    x_test, y_test = data.x_test, data.y_test
+    extra: dict[str, Any] = {}
+    input_kind = data.input_kind
+    if plan.cached_features:
+        t0 = time.perf_counter()
+        feat = built.feature_model
+        x_train = feat.predict(x_train, batch_size=batch, verbose=0)
+        x_val = feat.predict(x_val, batch_size=batch, verbose=0)
+        if x_test is not None:
+            x_test = feat.predict(x_test, batch_size=batch, verbose=0)
+        secs = time.perf_counter() - t0
+        n_img = (
+            len(data.x_train) + len(data.x_val) + (0 if data.x_test is None else len(data.x_test))
+        )
+        extra["feature_cache"] = {
+            "seconds": secs,
+            "images": n_img,
+            "images_per_s": n_img / secs if secs > 0 else None,
+            "feature_dim": int(x_train.shape[-1]),
+            "note": "features of train/val/test computed once with the frozen backbone (no "
+            "augmentation: cached features cannot be augmented), kept in memory",
+        }
+        input_kind = "cached-features"
+
+    optimizer = None
+    start_epoch = 0
+    fit_model = built.classifier if plan.cached_features else built.model
+    for stage in plan.stages:
+        strategies.set_stage(built, stage)
+        optimizer = strategies.compile_stage(built, stage, jit_compile=cell.jit_compile)
+        end_epoch = epochs_map[stage.name]
+        fit_model.fit(
+            x_train, y_train,
+            batch_size=batch, epochs=end_epoch, initial_epoch=start_epoch,
+            validation_data=(x_val, y_val), shuffle=True, verbose=0, callbacks=callbacks,
+        )  # fmt: skip
+        start_epoch = end_epoch
+    counts = strategies.layer_counts(built)
+    for row in epoch_timer.rows:
+        bad = [k for k in ("loss", "val_loss") if k in row.logs and not np.isfinite(row.logs[k])]
+        if bad:
+            raise BenchError(
+                f"{cell.cell_id}: training diverged: {bad[0]} is {row.logs[bad[0]]} at epoch "
+                f"{row.epoch + 1}",
+                exit_code=1,
+            )
+
+    test_accuracy = None
+    if x_test is not None and y_test is not None:
+        ev = fit_model.evaluate(x_test, y_test, batch_size=batch, verbose=0, return_dict=True)
+        test_accuracy = float(ev["accuracy"])
+
+    # Inference: the whole image model (for linear-probe too) at a fixed batch, after training.
+    source = data.x_test if data.x_test is not None else data.x_val
+    inf_x = _cycle_batch(source, inf_batch)
+    model = built.model
+    inf_warmup, inf_times = timing.time_calls(
+        lambda: model.predict_on_batch(inf_x), warmup=inf_warm, steps=inf_steps
+    )
+    inference = timing.make_throughput(
+        "inference", inf_times, batch_size=inf_batch, precision=cell.precision,
+        input_kind=data.input_kind, warmup_steps=len(inf_warmup),
+    )  # fmt: skip
+
+    train_tp = None
+    if step_timer.segments:
+        last = len(step_timer.segments) - 1
+        train_tp = step_timer.throughput(
+            last, batch_size=batch, precision=cell.precision, input_kind=input_kind
+        )
+        if len(step_timer.segments) > 1:
+            extra["train_throughput_stages"] = [
+                {
+                    "stage": stage.name,
+                    "images_per_s": batch / float(np.median(seg)) if seg else None,
+                    "measured_steps": len(seg),
+                }
+                for stage, seg in zip(plan.stages, step_timer.segments, strict=False)
+            ]
+    peak, peak_kind = backend.peak_memory()
+
+    history = tuple(
+        EpochRecord(
+            epoch=r.epoch,
+            loss=r.logs.get("loss", float("nan")),
+            accuracy=r.logs.get("accuracy", float("nan")),
+            val_loss=r.logs.get("val_loss"),
+            val_accuracy=r.logs.get("val_accuracy"),
+            learning_rate=r.learning_rate,
+            seconds=r.seconds,
+        )
+        for r in epoch_timer.rows
+    )
+    val_accs = [h.val_accuracy for h in history if h.val_accuracy is not None]
+    train_accs = [h.accuracy for h in history]
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    config = {
+        **cell.to_dict(),
+        "cell_id": cell.cell_id,
+        "dry_run": dry_run,
+        "effective": {
+            "batch_size": batch,
+            "epochs": start_epoch,
+            "train_examples": len(data.x_train),
+            "val_examples": len(data.x_val),
+            "test_examples": None if data.x_test is None else len(data.x_test),
+            "warmup_steps": warmup,
+            "inference_batch": inf_batch,
+            "inference_steps": inf_steps,
+        },
+        "optimizer": {
+            "name": "adam",
+            "learning_rate": cell.learning_rate,
+            "implementation": backend.optimizer_implementation(inner),
+            "loss_scaling": optimizer is not inner,
+        },
+        "loss": "sparse_categorical_crossentropy",
+        "preprocess": "Rescaling(1/127.5, offset=-1) == mobilenet_v2.preprocess_input",
+        "strategy_plan": strategies.describe(built),
+        "determinism": determinism,
+        "devices": [d.__dict__ for d in devs],
+        "input": data.input_kind,
+        "data_note": data.note,
+        "data_digests": data.digests,
+    }
+    if weights_file is not None:
+        config["weights_file"] = str(weights_file)
+    extra["layer_counts"] = counts
+    if notes:
+        extra["notes"] = notes
+    if cell.weights == NO_WEIGHTS and cell.strategy != "scratch":
+        extra.setdefault("notes", []).append(
+            "random backbone (weights = 'none'): a control, not the strategy as designed"
+        )
+    return CellResult(
+        cell_id=cell.cell_id,
+        dataset=cell.dataset,
+        strategy=cell.strategy_label,
+        precision=cell.precision,
+        seed=cell.seed,
+        backend=backend_name,
+        status="ok",
+        config=config,
+        deterministic=cell.deterministic,
+        history=history,
+        best_train_accuracy=max(train_accs) if train_accs else None,
+        best_val_accuracy=max(val_accs) if val_accs else None,
+        final_val_accuracy=val_accs[-1] if val_accs else None,
+        test_accuracy=test_accuracy,
+        target_accuracy=cell.target_accuracy,
+        time_to_target_s=ttt.seconds,
+        epochs_to_target=ttt.epochs,
+        train_throughput=train_tp,
+        inference_throughput=inference,
+        peak_memory_bytes=peak,
+        peak_memory_kind=peak_kind,
+        wall_seconds=time.perf_counter() - t_start,
+        weights_digest=weights_digest(built.model),
+        trainable_layers=counts["trainable_layers"],
+        frozen_layers=counts["frozen_layers"],
+        extra=extra,
+    )
+
+
+def _epoch_event(row: Any, epochs_map: dict[str, int]) -> dict[str, Any]:
+    return {
+        "epoch": row.epoch + 1,
+        "epochs": max(epochs_map.values()),
+        "seconds": row.seconds,
+        **{
+            k: row.logs[k]
+            for k in ("loss", "accuracy", "val_loss", "val_accuracy")
+            if k in row.logs
+        },
+    }
+
+
+def failed_result(
+    cell: CellSpec,
+    error: str,
+    *,
+    wall_seconds: float,
+    backend_name: str,
+    status: str = "failed",
+    extra: dict[str, Any] | None = None,
+) -> CellResult:
+    """The record of a cell that did not finish (or was skipped): its config and the error."""
+    return CellResult(
+        cell_id=cell.cell_id,
+        dataset=cell.dataset,
+        strategy=cell.strategy_label,
+        precision=cell.precision,
+        seed=cell.seed,
+        backend=backend_name,
+        status=status,
+        config={**cell.to_dict(), "cell_id": cell.cell_id},
+        deterministic=cell.deterministic,
+        error=error,
+        target_accuracy=cell.target_accuracy,
+        wall_seconds=wall_seconds,
+        extra=extra or {},
+    )
