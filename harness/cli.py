@@ -20,6 +20,7 @@ from harness.errors import EXIT_BAD_INPUT, BenchError
 # One module per subcommand group, registered in this order (the order of --help).
 COMMAND_MODULES: tuple[str, ...] = (
     "harness.commands.data",
+    "harness.commands.run",
     "harness.commands.compare",
     "harness.commands.baseline",
     "harness.commands.report",
