@@ -72,9 +72,23 @@ HARDWARE_KEYS: tuple[str, ...] = (
 # Without these on both sides the hardware is unknown, so throughput is not gated.
 REQUIRED_HARDWARE_KEYS: tuple[str, ...] = ("cpu.model", "backend")
 
-# Config keys that describe where/when a cell ran rather than what it computed.
+# Config keys (dotted) that describe where and how a cell ran rather than what it computed:
+# paths on this machine, the devices seen, backend-specific switches. The hardware and
+# backend themselves are judged from the environment fingerprint (HARDWARE_KEYS).
 IGNORED_CONFIG_KEYS: frozenset[str] = frozenset(
-    {"run_id", "run_dir", "out_dir", "output_dir", "output", "cell_id", "started_at"}
+    {
+        "run_id",
+        "run_dir",
+        "out_dir",
+        "output_dir",
+        "cell_id",
+        "started_at",
+        "weights_file",
+        "devices",
+        "determinism",
+        "data_note",
+        "optimizer.implementation",
+    }
 )
 
 ACCURACY_METRICS: tuple[tuple[str, str], ...] = (
@@ -221,8 +235,13 @@ def effective_tolerances(info: RunInfo, base: Baseline) -> dict[str, float]:
 
 def config_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """Dotted config keys that differ between two cells (ignoring where/when keys)."""
-    fa = {k: v for k, v in flatten(a).items() if k.split(".")[0] not in IGNORED_CONFIG_KEYS}
-    fb = {k: v for k, v in flatten(b).items() if k.split(".")[0] not in IGNORED_CONFIG_KEYS}
+
+    def kept(key: str) -> bool:
+        parts = key.split(".")
+        return not any(".".join(parts[:i]) in IGNORED_CONFIG_KEYS for i in range(1, len(parts) + 1))
+
+    fa = {k: v for k, v in flatten(a).items() if kept(k)}
+    fb = {k: v for k, v in flatten(b).items() if kept(k)}
     return sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k))
 
 

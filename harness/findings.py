@@ -163,6 +163,9 @@ def regime_of(
 
 def _train_images(cells: list[CellResult], entry: Any | None) -> int | None:
     for c in cells:
+        effective = c.config.get("effective")
+        if isinstance(effective, dict) and isinstance(effective.get("train_examples"), int):
+            return effective["train_examples"]  # what the runner actually trained on
         for key in ("train_examples", "train_images", "train_size"):
             if isinstance(c.config.get(key), int):
                 return c.config[key]

@@ -270,3 +270,24 @@ def test_skipped_cell_is_not_comparable_and_does_not_fail(tmp_path, capsys):
     assert "not comparable" in row and "skipped: mixed_bfloat16 is not supported" in row
     _, base = baseline.accept(run_dir, path=tmp_path / "b2.json")  # skipped is no failure
     assert not base.forced
+
+
+def test_config_paths_and_devices_do_not_make_cells_incomparable():
+    a = {
+        "epochs": 3,
+        "weights_file": "/home/a/w.h5",
+        "devices": [{"kind": "CPU"}],
+        "optimizer": {"name": "adam", "implementation": "fused"},
+        "effective": {"batch_size": 32},
+    }
+    b = {
+        "epochs": 3,
+        "weights_file": "/ci/w.h5",
+        "devices": [{"kind": "GPU"}],
+        "optimizer": {"name": "adam", "implementation": "keras"},
+        "effective": {"batch_size": 32},
+    }
+    assert compare.config_differences(a, b) == []
+    b["effective"] = {"batch_size": 16}
+    b["optimizer"]["name"] = "sgd"
+    assert compare.config_differences(a, b) == ["effective.batch_size", "optimizer.name"]
