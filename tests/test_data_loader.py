@@ -123,6 +123,7 @@ def test_synthetic_is_generated_on_demand_and_pinned(
     message = str(info.value)
     assert f"expected {digest}" in message and "got " in message and "generator" in message
     assert cache.read_meta(folder)["digest"] == digest  # the earlier cache is untouched
-    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]
+    leftovers = [p.name for p in folder.parent.iterdir() if p.name.startswith(".")]
+    assert leftovers == [".16.lock"]  # no staging folder left behind
     code, _, err = run_cli(capsys, "data", "prepare", "synth", "--image-size", "16")
     assert code == 2 and "prepared digest mismatch" in err and err.count("\n") == 1

@@ -9,12 +9,14 @@ swaps it in only when everything is written, so a failure never touches an earli
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -33,6 +35,20 @@ _CHUNK_BYTES = 64 << 20
 def cache_dir(name: str, image_size: int) -> Path:
     """Where the prepared cache of dataset ``name`` at ``image_size`` px lives."""
     return paths.prepared_dir() / name / str(image_size)
+
+
+@contextlib.contextmanager
+def lock(name: str, image_size: int) -> Iterator[None]:
+    """Serialise builders of one cache across processes (parallel cells preparing the same
+    synthetic dataset): the second one waits, then finds the cache ready."""
+    path = paths.prepared_dir() / name / f".{image_size}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def images_file(folder: Path, split: str) -> Path:

@@ -57,9 +57,8 @@ def _pin_prepared(entry: DatasetEntry, sizes: list[int]) -> list[Update]:
         if isinstance(entry.source, SyntheticSource):
             from harness.datasets.prepare import prepare_synthetic
 
-            folder = prepare_synthetic(
-                entry, size, check=False
-            )  # regenerate: never pin a stale cache
+            with cache.lock(entry.name, size):  # regenerate: never pin a stale cache
+                folder = prepare_synthetic(entry, size, check=False)
         else:
             folder = cache.cache_dir(entry.name, size)
             meta = cache.try_read_meta(folder)
@@ -89,7 +88,8 @@ def plan_pin(name: str, image_size: int | None = None) -> list[Update]:
         updates += _pin_file(name, path, entry.source, ("datasets", name))
         sizes = [image_size] if image_size else []
     else:
-        sizes = [image_size] if image_size else list(prepared_sizes(entry))
+        pinned = [int(size) for size in entry.prepared]
+        sizes = [image_size] if image_size else sorted({*prepared_sizes(entry), *pinned})
         if not sizes:
             raise InputError(f"dataset {name!r} has no prepared cache to pin: pass --image-size N")
     return updates + _pin_prepared(entry, sizes)

@@ -82,11 +82,14 @@ def ensure_prepared(name: str, image_size: int, *, allow_unpinned: bool = False)
     entry = manifest.dataset(name)
     check_source_pinned(entry, manifest, allow_unpinned=allow_unpinned)
     meta = cached(entry, image_size)
+    if meta is None and isinstance(entry.source, SyntheticSource):
+        with cache.lock(name, image_size):
+            meta = cached(entry, image_size)  # another process may have just built it
+            if meta is None:
+                return prepare_synthetic(entry, image_size)
     if meta is not None:
         check_pin(entry, image_size, str(meta["digest"]))
         return cache.cache_dir(name, image_size)
-    if isinstance(entry.source, SyntheticSource):
-        return prepare_synthetic(entry, image_size)
     folder = cache.cache_dir(name, image_size)
     state = (
         "has a stale cache (its manifest entry changed)" if folder.exists() else "is not prepared"
@@ -120,14 +123,16 @@ def prepare(
     manifest = load_manifest()
     entry = manifest.dataset(name)
     if isinstance(entry.source, SyntheticSource):
-        return prepare_synthetic(entry, image_size)
+        with cache.lock(name, image_size):
+            return prepare_synthetic(entry, image_size)
     check_source_pinned(entry, manifest, allow_unpinned=allow_unpinned)
     from harness.datasets import build, layouts
 
     plan = layouts.read_plan(entry, manifest, allow_unpinned=allow_unpinned)
-    return build.build_cache(
-        entry, plan, image_size, workers=workers, skip_corrupt=skip_corrupt, check=check_pin
-    )
+    with cache.lock(name, image_size):
+        return build.build_cache(
+            entry, plan, image_size, workers=workers, skip_corrupt=skip_corrupt, check=check_pin
+        )
 
 
 def prepare_synthetic(entry: DatasetEntry, image_size: int, *, check: bool = True) -> Path:
