@@ -111,6 +111,8 @@ def _fetch_one(name: str, from_path: Path | None, allow_unpinned: bool) -> str:
     note = f"fetched {dest}" if got else f"already fetched {dest}"
     if got and not source.pinned:
         note += f" (unpinned: sha256 {got.sha256}; record it with `bench data pin {name}`)"
+    elif got and not source.sha256:
+        note += f" (md5 verified; record its sha256 {got.sha256} with `bench data pin {name}`)"
     if isinstance(entry, DatasetEntry) and entry.layout.get("format") not in archives.NOT_EXTRACTED:
         if got or not archives.is_extracted(entry):
             archives.extract_archive(entry)
