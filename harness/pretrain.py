@@ -37,7 +37,7 @@ class PretrainConfig:
     alpha: float = 0.35
     epochs: int = 40
     batch_size: int = 64
-    learning_rate: float = 2e-3
+    learning_rate: float = 1e-3
     seed: int = 0
     limit: int | None = None  # train on the first N training images only (tests)
 

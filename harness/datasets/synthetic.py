@@ -192,16 +192,16 @@ def _render_shapes(
 ) -> np.ndarray:
     """Render N×S×S×3 floats in [0, 1] for ``labels`` (indices into params.classes)."""
     pairs = _shape_classes(source)
-    noise = float(source.params.get("noise", 0.05))
-    clutter = int(source.params.get("clutter", 3))
+    noise = float(source.params.get("noise", 0.04))
+    clutter = int(source.params.get("clutter", 1))
     n = len(labels)
     yy, xx = _grid(size)
 
     # Nuisances, drawn in a fixed order so the stream is reproducible.
-    cx, cy = rng.uniform(-0.35, 0.35, (2, n))
-    radius = rng.uniform(0.42, 0.68, n)
+    cx, cy = rng.uniform(-0.25, 0.25, (2, n))
+    radius = rng.uniform(0.55, 0.8, n)
     theta = rng.uniform(0.0, 2.0 * np.pi, n)
-    freq = rng.uniform(6.0, 9.0, n)
+    freq = rng.uniform(5.0, 7.0, n)
     phase = rng.uniform(0.0, 2.0 * np.pi, n)
     colour_a = _random_colours(rng, n)
     colour_b = _random_colours(rng, n)
@@ -210,6 +210,10 @@ def _render_shapes(
     # Keep the two texture colours apart so the texture stays visible.
     low_contrast = np.abs(colour_a - colour_b).sum(axis=1) < 0.6
     colour_b[low_contrast] = 1.0 - colour_a[low_contrast]
+    # ... and the object apart from the background, in brightness.
+    lum = np.array([0.3, 0.59, 0.11], dtype=np.float32)
+    close = np.abs(bg @ lum - (colour_a + colour_b) @ lum / 2) < 0.25
+    bg[close] = 1.0 - bg[close]
 
     # Background: a colour with a low-frequency shading wave.
     img = np.empty((n, size, size, 3), dtype=np.float32)
