@@ -133,21 +133,25 @@ def prepared_224(workdir: Path) -> str:
 
 
 def _memcpy_bytes_per_s(images: np.ndarray) -> float:
-    """numpy copy of the same bytes, batch by batch, in order, into a reused buffer: the
-    ceiling for a loader that must hand out fresh batches (no gather, no shuffle)."""
+    """Best-of-7 numpy copy of the same bytes, batch by batch, in order, into a reused buffer:
+    the ceiling for a loader that hands out batches (no gather, no shuffle)."""
     src = np.asarray(images).view(np.ndarray)
     dst = np.empty((BATCH, *src.shape[1:]), dtype=src.dtype)
     times = []
-    for _ in range(5):
+    for _ in range(7):
         t0 = time.perf_counter()
         for start in range(0, len(src) - BATCH + 1, BATCH):
             np.copyto(dst, src[start : start + BATCH])
         times.append(time.perf_counter() - t0)
-    return (len(src) // BATCH) * BATCH * dst[0].nbytes / float(np.median(times))
+    return (len(src) // BATCH) * BATCH * dst[0].nbytes / min(times)
 
 
 def test_loader_rate_224(benchmark, prepared_224: str) -> None:
-    """Loader: one shuffled pass, batch 32, 224×224×3 uint8 from the memmapped cache, 1 core."""
+    """Loader: one shuffled pass, batch 32, 224×224×3 uint8 from the memmapped cache, 1 core.
+
+    The fraction of memcpy compares best-of rounds with best-of rounds (the least disturbed
+    measurement of each on a shared machine).
+    """
     split = open_split(prepared_224, "train", SIZE)
     np.asarray(split.images).sum(dtype=np.uint64)  # page the cache in: measure memory, not disk
 
@@ -157,15 +161,15 @@ def test_loader_rate_224(benchmark, prepared_224: str) -> None:
             n += len(images)
         return n
 
-    assert benchmark.pedantic(one_pass, rounds=5, warmup_rounds=1) == N_CACHED
-    rate = N_CACHED / benchmark.stats.stats.median
+    assert benchmark.pedantic(one_pass, rounds=7, warmup_rounds=1) == N_CACHED
+    best = N_CACHED * SIZE * SIZE * 3 / benchmark.stats.stats.min
     memcpy = _memcpy_bytes_per_s(split.images)
-    loader_bytes = rate * SIZE * SIZE * 3
     _report(
         benchmark,
         "loader 224px batch 32",
         N_CACHED,
-        loader_gb_per_s=round(loader_bytes / 1e9, 2),
-        memcpy_gb_per_s=round(memcpy / 1e9, 2),
-        fraction_of_memcpy=round(loader_bytes / memcpy, 3),
+        best_images_per_s=round(N_CACHED / benchmark.stats.stats.min),
+        loader_best_gb_per_s=round(best / 1e9, 2),
+        memcpy_best_gb_per_s=round(memcpy / 1e9, 2),
+        fraction_of_memcpy=round(best / memcpy, 3),
     )

@@ -46,6 +46,9 @@ def lock(name: str, image_size: int) -> Iterator[None]:
     with open(path, "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
+            # Holding the lock, any staging folder of this size belongs to a dead builder.
+            for stale in path.parent.glob(f".{image_size}.staging-*"):
+                shutil.rmtree(stale, ignore_errors=True)
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
