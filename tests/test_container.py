@@ -20,6 +20,7 @@ import pytest
 
 from harness import __version__, container
 from harness.errors import InputError
+from harness.results import read_cell, read_run
 
 pytestmark = pytest.mark.docker
 
@@ -250,3 +251,26 @@ def test_compose_run_uses_the_image(cpu_image, client, workdirs) -> None:
     )
     assert info.returncode == 0, info.stderr
     assert json.loads(info.stdout)["image_id"] == cpu_image.image_id
+
+
+@pytest.mark.slow
+def test_a_training_cell_runs_in_the_container(cpu_image, client, workdirs) -> None:
+    """A real smoke cell (scratch: needs no pretrained weights) trains with no network."""
+    data, reports = workdirs
+    cell = "synth-few/scratch/float32/s0"
+    code, out, err = _run(
+        cpu_image,
+        ["all", "--profile", "smoke", "--only", cell, "--run-id", "in-container"],
+        data,
+        reports,
+        client,
+    )
+    run_dir = reports / "runs" / "in-container"
+    assert code == 0, f"{out[-2000:]}\n{err[-2000:]}"
+    result = read_cell(run_dir / "cells" / "synth-few__scratch__float32__s0.json")
+    assert (result.cell_id, result.status) == (cell, "ok")
+    assert len(result.history) == 3
+    info = read_run(run_dir)
+    assert info.environment["container"]["image_id"] == cpu_image.image_id
+    assert info.environment["container"]["build"]["tf_extra"] == "cpu"
+    assert {p.stat().st_uid for p in run_dir.rglob("*")} == {os.getuid()}
