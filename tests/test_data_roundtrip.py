@@ -100,6 +100,18 @@ def test_https_tar_gz_fetch_verify_prepare_load(
     assert ensure_prepared("pets", 16) == cache.cache_dir("pets", 16)
     code, out, err = run_cli(capsys, "data", "verify")
     assert code == 0 and out.count("\nok") + out.startswith("ok") == 3, out
+    # Tampering is caught: a prepared byte, then the archive.
+    images = cache.images_file(cache.cache_dir("pets", 24), "val")
+    raw = bytearray(images.read_bytes())
+    raw[-1] ^= 0xFF
+    images.write_bytes(bytes(raw))
+    code, out, err = run_cli(capsys, "data", "verify", "pets")
+    assert code == 2 and "prepared 24px" in err and "changed since it was prepared" in err
+    assert err.count("\n") == 1
+    fetched = env / "data" / "archives" / "pets.tar.gz"
+    fetched.write_bytes(fetched.read_bytes() + b"x")
+    code, out, err = run_cli(capsys, "data", "verify", "pets")
+    assert code == 2 and "size mismatch" in err and "(and 1 more above)" in err
 
 
 def test_parallel_prepare_matches_one_worker_and_plain_pillow(
