@@ -69,7 +69,7 @@ def learning_curves(dataset: str, cells: list[CellResult], path: Path) -> Path:
         (c for c in cells if c.ok and c.history),
         key=lambda c: (strategy_key(c.strategy), c.cell_id),
     )
-    fig = Figure(figsize=(12, 4.6))
+    fig = Figure(figsize=(12, 4.6), layout="constrained")
     ax_loss, ax_acc = fig.subplots(1, 2)
     per_strategy: dict[str, list[CellResult]] = defaultdict(list)
     for c in ok:
@@ -114,9 +114,8 @@ def learning_curves(dataset: str, cells: list[CellResult], path: Path) -> Path:
         ax.xaxis.get_major_locator().set_params(integer=True)
     if not ok:
         ax_acc.text(0.5, 0.5, "no successful cell", ha="center", transform=ax_acc.transAxes)
-    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(0.91, 0.5), frameon=False)
+    fig.legend(handles=handles, loc="outside right center", frameon=False)
     fig.suptitle(f"{dataset}: learning curves per strategy (train solid, validation dashed)")
-    fig.subplots_adjust(right=0.9, wspace=0.22)
     return _save(fig, path)
 
 
@@ -127,7 +126,7 @@ def accuracy_vs_throughput(cells: list[CellResult], path: Path) -> Path:
     metric = "test accuracy" if use_test else "best validation accuracy"
     datasets = sorted({c.dataset for c in ok})
     marker = {d: _MARKERS[i % len(_MARKERS)] for i, d in enumerate(datasets)}
-    fig = Figure(figsize=(9, 5.6))
+    fig = Figure(figsize=(9, 5.6), layout="constrained")
     ax = fig.subplots()
     rates = []
     for c in sorted(ok, key=lambda c: (c.dataset, strategy_key(c.strategy))):
@@ -203,7 +202,7 @@ def baseline_deltas(comparison: Comparison, path: Path) -> Path:
         if c.metric("best val accuracy") or c.metric("train throughput")
     ]
     n = max(len(rows), 1)
-    fig = Figure(figsize=(12, max(3.2, 0.42 * n + 1.8)))
+    fig = Figure(figsize=(12, max(3.4, 0.42 * n + 2.0)), layout="constrained")
     ax_acc, ax_thr = fig.subplots(1, 2, sharey=True)
     labels = [r[0] for r in rows]
     ys = list(range(len(rows)))
@@ -225,16 +224,15 @@ def baseline_deltas(comparison: Comparison, path: Path) -> Path:
                 linewidth=0.5,
                 height=0.6,
             )
-            if abs(value) >= 0.05:
-                ax.annotate(
-                    f"{value:+.1f}",
-                    (value, y),
-                    xytext=(4 if value > 0 else -4, 0),
-                    textcoords="offset points",
-                    ha="left" if value > 0 else "right",
-                    va="center",
-                    fontsize=8,
-                )
+            ax.annotate(
+                f"{value:+.1f}",
+                (value, y),
+                xytext=(4 if value >= 0 else -4, 0),
+                textcoords="offset points",
+                ha="left" if value >= 0 else "right",
+                va="center",
+                fontsize=8,
+            )
             ax.plot(
                 [-allowed, allowed], [y, y], linestyle="", marker="|", markersize=14, color="black"
             )
@@ -265,9 +263,7 @@ def baseline_deltas(comparison: Comparison, path: Path) -> Path:
             label="allowed band (tolerance + noise)",
         ),
     ]
-    fig.legend(
-        handles=handles, loc="upper center", ncol=4, frameon=False, bbox_to_anchor=(0.5, 0.0)
-    )
+    fig.legend(handles=handles, loc="outside lower center", ncol=4, frameon=False)
     fig.suptitle(f"run {comparison.run_id} vs baseline {comparison.baseline_run_id}")
     if not rows:
         ax_acc.text(0.5, 0.5, "no cell comparable", ha="center", transform=ax_acc.transAxes)

@@ -29,8 +29,8 @@ from harness.results import CellResult, RunInfo, Throughput
 REPORT_NAME = "report.md"
 
 
-def _pct(x: float | None) -> str:
-    return "" if x is None else f"{100 * x:.1f}"
+def _pct(x: float | None) -> float | None:
+    return None if x is None else 100 * x
 
 
 def _rate(t: Throughput | None) -> str:
@@ -39,10 +39,8 @@ def _rate(t: Throughput | None) -> str:
     return f"{t.images_per_s:,.0f} [{t.images_per_s_p25:,.0f}–{t.images_per_s_p75:,.0f}]"
 
 
-def _mem(c: CellResult) -> str:
-    if c.peak_memory_bytes is None:
-        return ""
-    return f"{c.peak_memory_bytes / 2**20:,.0f} MiB ({c.peak_memory_kind or '?'})"
+def _mem(c: CellResult) -> float | None:
+    return None if c.peak_memory_bytes is None else c.peak_memory_bytes / 2**20
 
 
 def _to_target(c: CellResult) -> str:
@@ -91,7 +89,7 @@ def matrix_rows(cells: list[CellResult]) -> list[list[Any]]:
                 _rate(t),
                 _rate(c.inference_throughput),
                 _mem(c),
-                f"{c.wall_seconds:,.1f}",
+                c.wall_seconds,
                 status,
             ]
         )
@@ -112,7 +110,7 @@ MATRIX_HEADERS = (
     "batch",
     "train img/s median [IQR]",
     "inference img/s median [IQR]",
-    "peak memory",
+    "peak memory MiB",
     "wall s",
     "status",
 )
@@ -272,7 +270,19 @@ def render_markdown(
     headers, prow = pivot_rows(cells)
     lines += [tabulate(prow, headers=headers, tablefmt="github"), ""]
     lines += ["Every cell:", "", _throughput_statement(cells), ""]
-    lines += [tabulate(matrix_rows(cells), headers=MATRIX_HEADERS, tablefmt="github"), ""]
+    lines += [
+        tabulate(
+            matrix_rows(cells),
+            headers=MATRIX_HEADERS,
+            tablefmt="github",
+            floatfmt=".1f",
+            missingval="",
+        ),
+        "",
+    ]
+    kinds = sorted({c.peak_memory_kind for c in cells if c.peak_memory_kind})
+    if kinds:
+        lines += [f"Peak memory is the {'; '.join(kinds)}.", ""]
     if failed:
         lines += [f"Failed cells: {', '.join(failed)}.", ""]
     if skipped:
