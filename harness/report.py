@@ -23,6 +23,7 @@ from harness.compare import (
     flatten,
     table_rows,
 )
+from harness.errors import BenchError
 from harness.jsonio import atomic_write_bytes
 from harness.results import CellResult, RunInfo, Throughput
 
@@ -317,11 +318,11 @@ def render_markdown(
 
 def _load_manifest() -> Any | None:
     """The manifest, if one can be read (only used to derive dataset regimes)."""
-    try:
-        from harness.manifest import load_manifest
+    from harness.manifest import load_manifest
 
+    try:
         return load_manifest()
-    except Exception:  # the report must not fail because the manifest is elsewhere
+    except (BenchError, OSError):  # no manifest here: regimes fall back to the cells' config
         return None
 
 
