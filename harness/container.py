@@ -377,18 +377,24 @@ def run_in_container(
         except APIError as exc:
             text = str(exc.explanation or exc)
             if "device driver" in text or "gpu" in text.lower():
-                raise RunFailure(
+                raise InputError(
                     f"cannot start {config.image} with GPUs ({text}); install the NVIDIA driver "
                     "and the NVIDIA container toolkit on the host, or run without --gpus"
                 ) from None
             raise RunFailure(f"cannot start {config.image}: {text}") from None
-        for chunk_out, chunk_err in stream:
-            if chunk_out:
-                out.write(chunk_out)
-                out.flush()
-            if chunk_err:
-                err.write(chunk_err)
-                err.flush()
+        try:
+            for chunk_out, chunk_err in stream:
+                if chunk_out:
+                    out.write(chunk_out)
+                    out.flush()
+                if chunk_err:
+                    err.write(chunk_err)
+                    err.flush()
+        except BrokenPipeError:  # e.g. `bench docker run -- list --json | head`
+            with contextlib.suppress(Exception):
+                container.stop(timeout=5)
+            _silence_broken_stdout(out)
+            return 141  # what a shell reports for a process killed by SIGPIPE
         return int(container.wait()["StatusCode"])
     except KeyboardInterrupt:
         with contextlib.suppress(Exception):
@@ -397,6 +403,14 @@ def run_in_container(
     finally:
         with contextlib.suppress(Exception):
             container.remove(force=True)
+
+
+def _silence_broken_stdout(out: IO[bytes]) -> None:
+    """After a closed pipe, point stdout at /dev/null so the exit-time flush stays quiet."""
+    if out is sys.stdout.buffer:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 # --- provenance --------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -274,3 +275,28 @@ def test_a_training_cell_runs_in_the_container(cpu_image, client, workdirs) -> N
     assert info.environment["container"]["image_id"] == cpu_image.image_id
     assert info.environment["container"]["build"]["tf_extra"] == "cpu"
     assert {p.stat().st_uid for p in run_dir.rglob("*")} == {os.getuid()}
+
+
+def test_bench_docker_run_cli_passes_args_and_exit_code(cpu_image, client, workdirs) -> None:
+    data, reports = workdirs
+    base = [sys.executable, "-m", "harness.cli", "docker", "run", "--no-gpus"]
+    base += ["--image", cpu_image.tag, "--data", str(data), "--reports", str(reports), "--"]
+    ok = subprocess.run([*base, "--version"], capture_output=True, text=True, timeout=300)
+    assert (ok.returncode, ok.stdout.strip()) == (0, f"transfer-bench {__version__}"), ok.stderr
+    bad = subprocess.run(
+        [*base, "list", "--profile", "no-such-profile"], capture_output=True, text=True, timeout=300
+    )
+    assert bad.returncode == 2
+    assert "no-such-profile" in bad.stderr
+
+
+def test_gpus_on_request(cpu_image, client, workdirs) -> None:
+    """With GPUs the container sees them; without, asking for them is a one-line input error."""
+    config = container.RunConfig(
+        image=cpu_image.tag, gpus=True, data_dir=workdirs[0], reports_dir=workdirs[1]
+    )
+    if container.gpus_available(client):
+        assert container.run_in_container(["--version"], config, client=client) == 0
+    else:
+        with pytest.raises(InputError, match="NVIDIA container toolkit"):
+            container.run_in_container(["--version"], config, client=client)
