@@ -151,9 +151,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         self.wfile.write(body[:arg])
         self.wfile.flush()
-        if mode == "drop":  # abort with a TCP reset
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        if mode == "drop":  # abort with a TCP reset: linger 0, close without a shutdown
+            linger = struct.pack("ii", 1, 0)
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+            self.connection.close()
+            self.dropped = True
         self.close_connection = True
+
+    def finish(self) -> None:
+        if not getattr(self, "dropped", False):
+            super().finish()
 
 
 class Server:

@@ -87,6 +87,7 @@ def _run(
     pool: ProcessPoolExecutor | None,
     advance: Callable[[int], None],
     stop_on_error: bool,
+    workers: int = 1,
 ) -> list[tuple[int, str, str]]:
     """Run the tasks (bounded in flight); returns failures, stopping at the first if asked."""
     failures: list[tuple[int, str, str]] = []
@@ -98,7 +99,7 @@ def _run(
                 break
         return failures
     pending: dict[Future, int] = {}
-    limit = 4 * pool._max_workers  # keep memory bounded for large npz inputs
+    limit = 4 * workers  # tasks in flight: keeps memory bounded for large npz inputs
     tasks = iter(tasks)
     exhausted = False
     while pending or not exhausted:
@@ -152,7 +153,9 @@ def build_cache(
                 out = writer.create_images(split, n)
                 tasks = _tasks(items, out, image_size, workers, stop_on_error=not skip_corrupt)
                 with _progress(n, f"{entry.name} {split} @{image_size}px") as advance:
-                    failures = _run(tasks, pool, advance, stop_on_error=not skip_corrupt)
+                    failures = _run(
+                        tasks, pool, advance, stop_on_error=not skip_corrupt, workers=workers
+                    )
                 labels = items.labels
                 if failures and not skip_corrupt:
                     _, path, reason = failures[0]
