@@ -9,6 +9,7 @@ or a class count, split sizes and the digest of the prepared cache per image siz
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -113,6 +114,7 @@ class DatasetEntry:
     description: str = ""
     license: str = ""
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    parent_fingerprint: str = ""  # a derived dataset's cache also depends on its parent
 
     def pinned_digest(self, image_size: int) -> str | None:
         """The pinned sha256 of the prepared cache at ``image_size``, if any."""
@@ -127,6 +129,7 @@ class DatasetEntry:
         for volatile in ("size", "sha256", "md5", "url"):
             source.pop(volatile, None)
         keep["source"] = source
+        keep["parent_fingerprint"] = self.parent_fingerprint
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()
 
 
@@ -346,6 +349,22 @@ def _parse_weights(name: str, f: _Fields) -> WeightsEntry:
     )
 
 
+def _with_lineage(
+    datasets: dict[str, DatasetEntry], name: str, path: Path, seen: tuple[str, ...]
+) -> DatasetEntry:
+    """``name``'s entry with its parent's fingerprint folded in (checked: known, no cycle)."""
+    entry = datasets[name]
+    if not isinstance(entry.source, DerivedSource):
+        return entry
+    parent = entry.source.parent
+    if parent not in datasets:
+        raise InputError(f"{path}: datasets.{name}.source.parent: unknown dataset {parent!r}")
+    if parent in (*seen, name):
+        raise InputError(f"{path}: datasets.{name}.source.parent: derivation cycle via {parent!r}")
+    base = _with_lineage(datasets, parent, path, (*seen, name))
+    return dataclasses.replace(entry, parent_fingerprint=base.fingerprint)
+
+
 def load_manifest(path: Path | None = None) -> Manifest:
     """Read and validate the manifest (default: ``data/manifest.json`` of the project)."""
     path = Path(path) if path is not None else paths.manifest_path()
@@ -356,10 +375,6 @@ def load_manifest(path: Path | None = None) -> Manifest:
     weights_f = top.sub("weights") if "weights" in obj else _Fields({}, "weights", path)
     datasets = {n: _parse_dataset(n, datasets_f.sub(n)) for n in datasets_f.obj}
     weights = {n: _parse_weights(n, weights_f.sub(n)) for n in weights_f.obj}
-    for entry in datasets.values():
-        if isinstance(entry.source, DerivedSource) and entry.source.parent not in datasets:
-            raise InputError(
-                f"{path}: datasets.{entry.name}.source.parent: unknown dataset "
-                f"{entry.source.parent!r}"
-            )
+    for name in list(datasets):
+        datasets[name] = _with_lineage(datasets, name, path, ())
     return Manifest(path=path, digest=digest, datasets=datasets, weights=weights, raw=obj)

@@ -163,3 +163,30 @@ def test_loopback_http_is_accepted_for_tests(home: Path) -> None:
     source = load_manifest().dataset("pets").source
     assert isinstance(source, HttpsSource) and source.filename == "a.tar.gz"
     assert not source.pinned
+
+
+def test_derived_dataset_fingerprint_follows_its_parent(home: Path) -> None:
+    child = {
+        "source": {"type": "derived", "parent": "pets", "rule": {"seed": 1}},
+        "classes": ["a"],
+        "channels": 3,
+        "splits": {"train": 1},
+    }
+    write_manifest(home, {"pets": _entry(), "few": child})
+    before = load_manifest().dataset("few").fingerprint
+    write_manifest(home, {"pets": _entry(channels=1), "few": child})
+    assert load_manifest().dataset("few").fingerprint != before
+
+
+def test_derivation_cycle_is_refused(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def derived(parent: str) -> dict:
+        return {
+            "source": {"type": "derived", "parent": parent, "rule": {}},
+            "classes": ["a"],
+            "channels": 3,
+            "splits": {"train": 1},
+        }
+
+    write_manifest(home, {"x": derived("y"), "y": derived("x")})
+    code, _, err = run_cli(capsys, "data", "list")
+    assert code == 2 and "derivation cycle" in err and err.count("\n") == 1
