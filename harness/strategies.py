@@ -13,19 +13,25 @@ every alpha and size) and the head; the output ``Dense`` is float32 under mixed 
 | feature-extract | pretrained | none                 | training=False | GMP, Dense 1024, softmax |
 | fine-tune       | pretrained | layers K.. (K=140)   | training=None* | GMP, softmax           |
 | full-fine-tune  | pretrained | all                  | training=None  | GMP, softmax           |
-| two-stage       | pretrained | stage 1 none, 2 all  | training=False | GMP, Dense 1024, softmax |
+| two-stage       | pretrained | 1: none, 2: all - BN | training=False | GMP, Dense 1024, softmax |
 | linear-probe    | pretrained | none (cached feats)  | training=False | softmax on GMP features |
 
 \* frozen BatchNorm layers run in inference mode whatever the call says: a Keras 3
 BatchNormalization with ``trainable=False`` uses its moving statistics.
 
 two-stage: stage 1 trains the head for ``head_epochs`` with the backbone frozen; stage 2
-unfreezes every backbone layer and recompiles with Adam whose learning rate is
-``learning_rate`` for the head and ``learning_rate × backbone_lr_factor`` for each backbone
-variable (per-variable factors in :func:`harness.backend.adam`; the optimizer state starts
-fresh at stage 2). Its BatchNorm layers stay in inference mode in both stages (the backbone
-is called with ``training=False``), as the Keras transfer-learning guide recommends, so
-unfreezing does not wipe the pretrained statistics.
+unfreezes every backbone layer except the BatchNormalization layers and recompiles with
+Adam whose learning rate is ``learning_rate`` for the head and ``learning_rate ×
+backbone_lr_factor`` for each backbone variable (per-variable factors in
+:func:`harness.backend.adam`; the optimizer state starts fresh at stage 2). Its BatchNorm
+layers stay frozen, hence in inference mode, in both stages, as the Keras transfer-learning
+guide recommends, so unfreezing does not wipe the pretrained statistics.
+
+Why ``trainable = False`` and not only ``training=False``: the backbone is called with
+``training=False`` for the frozen strategies, but in Keras 3 a functional model propagates
+the ``training`` flag of the outer call (``fit`` passes True) to every nested layer,
+overriding that per-call value. What really keeps a BatchNormalization layer in inference
+mode is ``trainable = False`` on the layer (tested in tests/test_strategies.py).
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ class Stage:
 
     name: str
     until_epoch: int
-    backbone_trainable: str  # "none", "all" or "from-k"
+    backbone_trainable: str  # "none", "all", "from-k" or "all-but-bn"
     backbone_lr_factor: float = 1.0
 
 
@@ -87,7 +93,7 @@ def plan(cell: CellSpec) -> Plan:
             (gmp, *hidden, out),
             (
                 Stage("head", cell.head_epochs, "none"),
-                Stage("unfrozen", e, "all", cell.backbone_lr_factor),
+                Stage("unfrozen", e, "all-but-bn", cell.backbone_lr_factor),
             ),
         )
     # linear-probe: a softmax classifier on cached frozen features
@@ -191,6 +197,13 @@ def set_stage(built: Built, stage: Stage) -> None:
         backbone.trainable = True
     elif stage.backbone_trainable == "none":
         backbone.trainable = False
+    elif stage.backbone_trainable == "all-but-bn":
+        import keras
+
+        backbone.trainable = True
+        for layer in backbone.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
     else:  # from-k: the first K layers frozen, the rest trainable
         backbone.trainable = True
         for i, layer in enumerate(backbone.layers):
@@ -229,8 +242,8 @@ def _size(w: Any) -> int:
 def compile_stage(built: Built, stage: Stage, *, jit_compile: bool = False) -> Any:
     """Compile for one stage: Adam, sparse categorical cross-entropy, accuracy.
 
-    Returns the optimizer (a :func:`harness.backend.adam`, wrapped for loss scaling by Keras
-    under ``mixed_float16``).
+    Returns the compiled model's optimizer: a :func:`harness.backend.adam`, or under
+    ``mixed_float16`` the ``LossScaleOptimizer`` Keras wraps around it.
     """
     from harness import backend
 
@@ -245,7 +258,7 @@ def compile_stage(built: Built, stage: Stage, *, jit_compile: bool = False) -> A
         metrics=["accuracy"],
         jit_compile=jit_compile,
     )
-    return optimizer
+    return target.optimizer
 
 
 def describe(built: Built) -> dict[str, Any]:
