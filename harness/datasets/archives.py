@@ -55,18 +55,18 @@ def fetch_file(
     """Make the entry's file present and verified; returns (path, digest or None if kept)."""
     source = entry.source
     assert isinstance(source, HttpsSource | LocalSource)
-    refuse_unpinned(entry.name, source, allow_unpinned=allow_unpinned)
     dest = archive_path(source)
-    what = f"{entry.name!r} ({source.filename})"
-    if from_path is not None:
-        return dest, copy_local(Path(from_path), dest, pins_of(source), what=what)
-    if isinstance(source, LocalSource):
-        if dest.is_file():
-            return dest, verify_file(dest, what=what, **_pin_kwargs(source))
+    if isinstance(source, LocalSource) and from_path is None and not dest.is_file():
         raise InputError(
             f"{entry.name!r} comes from a local archive: run `bench data fetch {entry.name} "
             f"--from PATH/{source.filename}`"
         )
+    refuse_unpinned(entry.name, source, allow_unpinned=allow_unpinned)
+    what = f"{entry.name!r} ({source.filename})"
+    if from_path is not None:
+        return dest, copy_local(Path(from_path), dest, pins_of(source), what=what)
+    if isinstance(source, LocalSource):
+        return dest, verify_file(dest, what=what, **_pin_kwargs(source))
     return dest, download(source.url, dest, pins_of(source), what=what)
 
 
