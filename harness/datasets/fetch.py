@@ -51,7 +51,10 @@ class _Sink:
         self.size = 0
 
     def write(self, chunk: bytes) -> None:
-        self.fh.write(chunk)
+        try:
+            self.fh.write(chunk)
+        except OSError as exc:  # disk full, quota: not the network's fault
+            raise InputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
         self.sha.update(chunk)
         self.md5.update(chunk)
         self.size += len(chunk)
