@@ -1,0 +1,63 @@
+"""The environment fingerprint: the contract's keys, container provenance, no TF import."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness import env
+
+REPO = Path(__file__).resolve().parent.parent
+KEYS = {
+    "harness_version", "git_commit", "python", "platform", "keras", "backend", "tensorflow",
+    "jax", "torch", "cuda", "cudnn", "gpu", "cpu", "container", "manifest_digest",
+}  # fmt: skip
+
+
+def test_fingerprint_has_the_contract_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BENCH_HOME", str(REPO))
+    monkeypatch.delenv("BENCH_IMAGE_ID", raising=False)
+    monkeypatch.delenv("BENCH_IMAGE_DIGEST", raising=False)
+    fp = env.fingerprint()
+    assert set(fp) == KEYS
+    assert fp["cpu"]["count"] >= 1 and fp["cpu"]["model"]
+    assert fp["keras"].startswith("3.")
+    assert fp["backend"] in ("tensorflow", "jax", "torch")
+    assert fp["manifest_digest"] and len(fp["manifest_digest"]) == 64
+    assert fp["git_commit"] is None or len(fp["git_commit"].split("+")[0]) == 40
+    if fp["gpu"] is not None:  # pragma: no cover - GPU machines
+        assert set(fp["gpu"]) == {"name", "count", "driver", "clocks"}
+    json.dumps(fp)  # plain JSON
+    ident = env.hardware_identity(fp)
+    assert "container.image_id" not in ident and ident["cpu.count"] == fp["cpu"]["count"]
+
+
+def test_container_provenance_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BENCH_IMAGE_ID", "sha256:abc")
+    monkeypatch.setenv("BENCH_IMAGE_DIGEST", "repo@sha256:def")
+    info = env.container_info()
+    assert info is not None
+    assert info["image_id"] == "sha256:abc" and info["image_digest"] == "repo@sha256:def"
+    assert env.fingerprint("jax")["backend"] == "jax"
+
+
+def test_fingerprint_does_not_import_tensorflow() -> None:
+    code = (
+        "import sys, harness.env as e; fp = e.fingerprint(); "
+        "print('tensorflow' in sys.modules, 'keras' in sys.modules, fp['tensorflow'])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True
+    ).stdout.split()
+    assert out[:2] == ["False", "False"]
+    assert out[2] != "None"  # the version still comes from the package metadata
+
+
+def test_bench_env_prints_the_fingerprint(run_bench) -> None:  # type: ignore[no-untyped-def]
+    proc = run_bench("env")
+    assert proc.returncode == 0
+    assert set(json.loads(proc.stdout)) == KEYS

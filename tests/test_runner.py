@@ -1,0 +1,212 @@
+"""The runner through the real CLI: determinism, SIGKILL + resume, failures, dry run.
+
+Cells here are tiny (32 px, alpha 0.35, synthetic uint8 input, a few steps) so the
+behaviour is tested, not the model quality; each cell still runs in its own process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from harness import results
+from harness.results import CellResult
+
+TINY = """
+[tolerances]
+accuracy_points = 5.0
+throughput_relative = 0.5
+[defaults]
+image_size = 32
+alpha = 0.35
+weights = "none"
+batch_size = 8
+steps_per_epoch = 3
+epochs = 2
+augmentation = "flip"
+warmup_steps = 1
+inference_batch = 8
+inference_steps = 2
+inference_warmup = 1
+"""
+
+SYNTHETIC = 'input = "synthetic"\nnum_classes = 3\n'
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def matrix_file(tmp_path: Path, groups: str) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY + groups)
+    return path
+
+
+def read(run_dir: Path, cell_id: str) -> CellResult:
+    return results.read_cell(run_dir / "cells" / results.cell_filename(cell_id))
+
+
+def learning_curve(res: CellResult) -> list[tuple]:
+    return [(h.loss, h.accuracy, h.val_loss, h.val_accuracy, h.learning_rate) for h in res.history]
+
+
+@pytest.mark.slow
+def test_same_seed_is_bit_identical_other_seed_differs(tmp_path: Path, run_bench: Run) -> None:
+    profile = matrix_file(
+        tmp_path,
+        """
+[[cells]]
+datasets = ["tiny"]
+strategies = ["fine-tune"]
+precisions = ["float32"]
+seeds = [0, 1]
+fine_tune_k = 140
+"""
+        + SYNTHETIC,
+    )
+    runs = tmp_path / "runs"
+    common = ("--profile", str(profile), "--runs-dir", str(runs))
+    a = run_bench("all", *common, "--run-id", "a", "--only", "s0")
+    b = run_bench("all", *common, "--run-id", "b")
+    assert a.returncode == 0 and b.returncode == 0, a.stdout + a.stderr + b.stdout + b.stderr
+    cid0, cid1 = "tiny/fine-tune-random/float32/s0", "tiny/fine-tune-random/float32/s1"
+    a0, b0, b1 = read(runs / "a", cid0), read(runs / "b", cid0), read(runs / "b", cid1)
+    assert a0.ok and b0.ok and b1.ok
+    assert a0.deterministic and a0.config["determinism"] != "off"
+    assert len(a0.history) == 2
+    assert learning_curve(a0) == learning_curve(b0)
+    assert a0.weights_digest == b0.weights_digest
+    assert a0.weights_digest != b1.weights_digest
+    assert learning_curve(a0) != learning_curve(b1)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_keeps_finished_cells_and_completes(
+    tmp_path: Path, bench_env: dict[str, str]
+) -> None:
+    profile = matrix_file(
+        tmp_path,
+        """
+[[cells]]
+datasets = ["tiny"]
+strategies = ["feature-extract", "linear-probe"]
+precisions = ["float32"]
+seeds = [0]
+dense_units = 0
+"""
+        + SYNTHETIC
+        + """
+[[cells]]   # real input from a dataset the manifest does not know: this cell fails
+datasets = ["no-such-dataset"]
+strategies = ["feature-extract"]
+precisions = ["float32"]
+seeds = [0]
+""",
+    )
+    runs = tmp_path / "runs"
+    cmd = [
+        *(sys.executable, "-m", "harness.cli", "all", "--profile", str(profile)),
+        *("--runs-dir", str(runs), "--run-id", "r"),
+    ]
+    cells_dir = runs / "r" / "cells"
+    proc = subprocess.Popen(
+        cmd, env=bench_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=Path(__file__).resolve().parent.parent,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if cells_dir.is_dir() and any(cells_dir.glob("*.json")):
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(1.0)  # the cell process dies with its parent (PR_SET_PDEATHSIG)
+    before = {p.name: p.read_bytes() for p in cells_dir.glob("*.json")}
+    assert len(before) == 1, sorted(before)
+    assert not (runs / "r" / "run.json").read_text().count('"finished_at": "')
+
+    resumed = subprocess.run(
+        [*cmd, "--resume"], env=bench_env, capture_output=True, text=True, timeout=600,
+        cwd=Path(__file__).resolve().parent.parent,
+    )  # fmt: skip
+    assert resumed.returncode == 1, resumed.stdout + resumed.stderr  # one cell fails
+    for name, data in before.items():
+        assert (cells_dir / name).read_bytes() == data, f"{name} changed on resume"
+    done = {p.name: results.read_cell(p) for p in cells_dir.glob("*.json")}
+    assert len(done) == 3
+    failed = read(runs / "r", "no-such-dataset/feature-extract-random/float32/s0")
+    assert failed.status == "failed" and "no-such-dataset" in (failed.error or "")
+    assert read(runs / "r", "tiny/feature-extract-random/float32/s0").ok
+    probe = read(runs / "r", "tiny/linear-probe-random/float32/s0")
+    assert probe.ok and probe.extra["feature_cache"]["images"] > 0
+    info = results.read_run(runs / "r")
+    assert info.finished_at and len(info.cell_ids) == 3
+    assert "failed: no-such-dataset/feature-extract-random/float32/s0" in resumed.stdout
+
+
+@pytest.mark.slow
+def test_reference_dry_run_cell_is_full_size_and_says_so(tmp_path: Path, run_bench: Run) -> None:
+    cid = "chest-xray/feature-extract/mixed_float16/s0"
+    proc = run_bench(
+        "run", cid, "--profile", "reference", "--dry-run",
+        "--runs-dir", str(tmp_path), "--run-id", "dry",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    res = read(tmp_path / "dry", cid)
+    assert res.ok and res.config["dry_run"] is True
+    assert res.config["image_size"] == 224 and res.config["effective"]["batch_size"] == 4
+    assert "RANDOM weights" in res.config["strategy_plan"]["weights_note"]
+    notes = " ".join(res.extra.get("notes", []))
+    assert "mixed_float16 needs a GPU" in notes
+    assert res.frozen_layers == 154 and res.trainable_layers == 2
+    assert res.config["optimizer"]["loss_scaling"] is True
+    assert res.config["optimizer"]["learning_rate"] == 1e-3
+
+
+def test_mixed_float16_on_cpu_is_a_recorded_failure(tmp_path: Path, run_bench: Run) -> None:
+    profile = matrix_file(
+        tmp_path,
+        """
+[[cells]]
+datasets = ["tiny"]
+strategies = ["scratch"]
+precisions = ["mixed_float16"]
+seeds = [0]
+"""
+        + SYNTHETIC,
+    )
+    proc = run_bench("all", "--profile", str(profile), "--runs-dir", str(tmp_path), "--run-id", "p")
+    if "GPU" in proc.stdout and "needs a GPU" not in proc.stdout:  # pragma: no cover
+        pytest.skip("a GPU is visible: mixed_float16 is supported here")
+    assert proc.returncode == 1
+    res = read(tmp_path / "p", "tiny/scratch/mixed_float16/s0")
+    assert res.status == "failed"
+    assert "mixed_float16 needs a GPU" in (res.error or "")
+
+
+def test_bad_arguments_exit_2(tmp_path: Path, run_bench: Run) -> None:
+    proc = run_bench("all", "--profile", "nope", "--runs-dir", str(tmp_path))
+    assert proc.returncode == 2 and "no matrix file for profile 'nope'" in proc.stderr
+    proc = run_bench("all", "--only", "zzz", "--runs-dir", str(tmp_path))
+    assert proc.returncode == 2 and "--only 'zzz' matches no cell" in proc.stderr
+    proc = run_bench("all", "--backend", "theano", "--runs-dir", str(tmp_path))
+    assert proc.returncode == 2 and "--backend 'theano'" in proc.stderr
+    proc = run_bench("all", "--resume", "--runs-dir", str(tmp_path))
+    assert proc.returncode == 2 and "--resume: no run of profile 'smoke'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_list_json_is_the_resolved_matrix(run_bench: Run) -> None:
+    import json
+
+    proc = run_bench("list", "--profile", "reference", "--json")
+    data = json.loads(proc.stdout)
+    assert len(data["cells"]) == 12 and data["tolerances"]["throughput_relative"] == 0.1
+    proc = run_bench("list", BENCH_PROFILE="throughput")
+    assert "synthetic-224/linear-probe-random/mixed_bfloat16/s0" in proc.stdout
