@@ -105,6 +105,9 @@ LABEL org.opencontainers.image.title="transfer-bench" \
       org.opencontainers.image.base.name="${BASE_IMAGE}" \
       io.transfer-bench.tf="${TF_EXTRA}"
 
+# For the NVIDIA container toolkit (GPU hosts): CUDA compute plus nvidia-smi in the container.
+ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility
+
 USER bench
 ENTRYPOINT ["bench"]
 CMD ["--help"]
