@@ -291,3 +291,56 @@ def test_config_paths_and_devices_do_not_make_cells_incomparable():
     b["effective"] = {"batch_size": 16}
     b["optimizer"]["name"] = "sgd"
     assert compare.config_differences(a, b) == ["effective.batch_size", "optimizer.name"]
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_real_smoke_run_against_a_baseline_accepted_from_it(
+    smoke_run_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The real smoke run (runner's session fixture) compares clean with itself, a degraded
+    copy of it is flagged, and its report renders with every plot."""
+    monkeypatch.setenv("BENCH_HOME", str(REPO))  # the real manifest; we write only to tmp_path
+    bl = tmp_path / "smoke.json"
+    assert main(["baseline", "accept", str(smoke_run_dir), "--output", str(bl)]) == 0
+    capsys.readouterr()
+    code, out, _ = _compare(capsys, str(smoke_run_dir), "--baseline", str(bl))
+    n = len(results.read_cells(smoke_run_dir))
+    assert code == 0, out
+    assert f"OK: run smoke vs baseline smoke (profile smoke): {n} within noise" in out
+
+    # The same run with one cell's accuracy 25 points lower is a regression naming it.
+    copy = tmp_path / "degraded"
+    results.write_run(copy, replace(results.read_run(smoke_run_dir), run_id="degraded"))
+    cells = results.read_cells(smoke_run_dir)
+    victim = max(cells, key=lambda c: c.best_val_accuracy or 0.0)
+    for c in cells:
+        if c.cell_id == victim.cell_id:
+            c = replace(c, best_val_accuracy=c.best_val_accuracy - 0.25)
+        results.write_cell(copy, c)
+    code, out, _ = _compare(capsys, str(copy), "--baseline", str(bl))
+    assert code == 1, out
+    row = next(line for line in out.splitlines() if line.startswith(victim.cell_id))
+    assert "regression" in row and "best val accuracy -25.00 pts (allowed ±10.00)" in row
+
+    assert (
+        main(
+            ["report", str(smoke_run_dir), "--baseline", str(bl), "--out", str(tmp_path / "report")]
+        )
+        == 0
+    )
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "## Findings" in md and "| synth-many" in md
+    plots = sorted(p.name for p in (tmp_path / "report" / "plots").iterdir())
+    assert plots == [
+        "accuracy_vs_throughput.png",
+        "baseline_deltas.png",
+        "curves_synth-few.png",
+        "curves_synth-many.png",
+        "curves_synth-xray.png",
+    ]
