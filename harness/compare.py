@@ -28,6 +28,7 @@ InputError (exit 2).
 from __future__ import annotations
 
 import math
+import sys
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -39,7 +40,7 @@ from tabulate import tabulate
 from harness import baseline as baseline_mod
 from harness import jsonio, results
 from harness.baseline import Baseline
-from harness.errors import EXIT_FAILURE, EXIT_OK, InputError
+from harness.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, BenchError, InputError
 from harness.results import CellResult, RunInfo, Throughput
 
 REGRESSION = "regression"
@@ -476,25 +477,40 @@ def after_run(
     baseline_path: Path | None = None,
     out_dir: Path | None = None,
     echo: Any = print,
+    echo_err: Any = None,
 ) -> int:
     """The end of ``bench all``: compare with the stored baseline if any, write the report.
 
     Prints the verdict table (or "no baseline for profile X"), writes the report and
     prints where it is. Returns the exit contribution: 1 on a regression or a failed
-    cell, else 0. A baseline that exists but is unreadable or of another profile/schema
-    raises InputError (exit 2) — a broken gate must not pass silently.
+    cell, else 0; 2 when a baseline exists but cannot be used (unreadable, another
+    profile or schema) — that error is printed as one line, the report is still written
+    (without verdicts), and a broken gate never passes silently.
     """
     from harness import report  # late import: report imports this module
+
+    if echo_err is None:
+
+        def echo_err(line: str) -> None:
+            print(line, file=sys.stderr)
 
     run_dir = Path(run_dir)
     info = results.read_run(run_dir)
     cells = results.read_cells(run_dir)
     path = Path(baseline_path) if baseline_path else baseline_mod.default_path(info.profile)
+    failed = sum(1 for c in cells if c.status == "failed")
+    code = EXIT_FAILURE if failed else EXIT_OK
     comparison = None
     if path.is_file():
-        base = baseline_mod.load(path, profile=info.profile)
-        comparison = compare_cells(info, cells, base, baseline_path=path)
-        echo(render_table(comparison))
+        try:
+            base = baseline_mod.load(path, profile=info.profile)
+        except BenchError as exc:
+            echo_err(f"bench: error: {exc.message}")
+            code = EXIT_BAD_INPUT
+        else:
+            comparison = compare_cells(info, cells, base, baseline_path=path)
+            echo(render_table(comparison))
+            code = comparison.exit_code
     else:
         echo(
             f"no baseline for profile {info.profile} ({path}); accept one with "
@@ -502,7 +518,4 @@ def after_run(
         )
     report_path = report.write_report(run_dir, comparison=comparison, out_dir=out_dir)
     echo(f"report: {report_path}")
-    failed = sum(1 for c in cells if c.status == "failed")
-    if comparison is not None:
-        return comparison.exit_code
-    return EXIT_FAILURE if failed else EXIT_OK
+    return code

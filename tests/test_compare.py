@@ -237,6 +237,14 @@ def test_after_run_without_and_with_baseline(tmp_path, capsys):
     assert compare.after_run(bad) == 1
     out = capsys.readouterr().out
     assert "FAIL: run r-bad vs baseline r-base" in out and (bad / "report" / "report.md").is_file()
+    # A stored baseline that cannot be used: exit 2 with one line, the report still written.
+    bl = tmp_path / "reports" / "baselines" / "smoke.json"
+    bl.write_text('{"kind": "transfer-bench.baseline", "schema": 99}')
+    (bad / "report" / "report.md").unlink()
+    assert compare.after_run(bad) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "schema 99 is not supported" in captured.err
+    assert (bad / "report" / "report.md").is_file()
 
 
 def test_unknown_hardware_identity_is_not_gated(tmp_path):
