@@ -39,7 +39,7 @@ def client() -> Iterator[object]:
     try:
         docker_client = container.connect()
     except container.DockerUnavailable as exc:
-        pytest.fail(f"{exc.message} — {SETUP}, or set BENCH_SKIP_DOCKER=1 to skip", False)
+        pytest.fail(f"{exc.message}; or set BENCH_SKIP_DOCKER=1 to skip these tests", False)
     yield docker_client
     docker_client.close()
 
