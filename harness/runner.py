@@ -328,6 +328,7 @@ def run_cell(
         "effective": {
             "batch_size": batch,
             "epochs": start_epoch,
+            "num_classes": data.num_classes,
             "train_examples": len(data.x_train),
             "val_examples": len(data.x_val),
             "test_examples": None if data.x_test is None else len(data.x_test),
