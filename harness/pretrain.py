@@ -128,10 +128,15 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def check_out(out: Path) -> None:
+    """Keras saves weights only to ``*.weights.h5``: refuse another name before training."""
+    if not Path(out).name.endswith(WEIGHTS_SUFFIX):
+        raise InputError(f"pretrain: --out must end with {WEIGHTS_SUFFIX!r}, got {str(out)!r}")
+
+
 def save_backbone(backbone: Any, out: Path) -> None:
     """``backbone.save_weights`` to a temporary name in the same folder, then rename."""
-    if not out.name.endswith(WEIGHTS_SUFFIX):
-        raise InputError(f"pretrain: --out must end with {WEIGHTS_SUFFIX!r}, got {str(out)!r}")
+    check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=WEIGHTS_SUFFIX, dir=out.parent)
     os.close(fd)
@@ -149,6 +154,8 @@ def pretrain(config: PretrainConfig, out: Path, *, verbose: int = 2) -> Pretrain
     """Train on ``config.dataset``, save the backbone weights to ``out`` plus the sidecar."""
     import keras
 
+    out = Path(out)
+    check_out(out)
     started = time.perf_counter()
     splits, digest, num_classes = load_source(config)
     x_train, y_train = _arrays(splits["train"], config.limit)
@@ -179,7 +186,6 @@ def pretrain(config: PretrainConfig, out: Path, *, verbose: int = 2) -> Pretrain
         x_test, y_test = _arrays(splits["test"])
         test_acc = float(model.evaluate(x_test, y_test, batch_size=256, verbose=0)[1])
 
-    out = Path(out)
     save_backbone(backbone, out)
     sha, size = sha256_file(out), out.stat().st_size
     seconds = time.perf_counter() - started
