@@ -351,6 +351,7 @@ def run_cell(
         "data_note": data.note,
         "data_digests": data.digests,
     }
+    config["weights_loaded"] = weights_file is not None  # False: random init (see weights_note)
     if weights_file is not None:
         config["weights_file"] = str(weights_file)
     extra["layer_counts"] = counts
