@@ -39,7 +39,7 @@ class PretrainConfig:
     batch_size: int = 64
     learning_rate: float = 1e-3
     seed: int = 0
-    limit: int | None = None  # train on the first N training images only (tests)
+    limit: int | None = None  # use the first N images of each split only (quick checks, tests)
 
     def __post_init__(self) -> None:
         for field in ("image_size", "epochs", "batch_size"):
@@ -159,7 +159,7 @@ def pretrain(config: PretrainConfig, out: Path, *, verbose: int = 2) -> Pretrain
     started = time.perf_counter()
     splits, digest, num_classes = load_source(config)
     x_train, y_train = _arrays(splits["train"], config.limit)
-    x_val, y_val = _arrays(splits["val"])
+    x_val, y_val = _arrays(splits["val"], config.limit)
 
     keras.utils.set_random_seed(config.seed)
     model, backbone = build_model(config, num_classes)
@@ -183,7 +183,7 @@ def pretrain(config: PretrainConfig, out: Path, *, verbose: int = 2) -> Pretrain
     val_acc = float(model.evaluate(x_val, y_val, batch_size=256, verbose=0)[1])
     test_acc = None
     if "test" in splits:
-        x_test, y_test = _arrays(splits["test"])
+        x_test, y_test = _arrays(splits["test"], config.limit)
         test_acc = float(model.evaluate(x_test, y_test, batch_size=256, verbose=0)[1])
 
     save_backbone(backbone, out)

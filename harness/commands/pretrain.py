@@ -26,7 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: 40)")
     p.add_argument("--batch-size", type=int, default=None, help="batch size (default: 64)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--limit", type=int, default=None, help="train on the first N images only")
+    p.add_argument(
+        "--limit", type=int, default=None, help="use the first N images of each split only"
+    )
     p.add_argument("--out", type=Path, default=None, help="where to write *.weights.h5")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     p.set_defaults(func=run)
