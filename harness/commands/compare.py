@@ -13,10 +13,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "compare",
         help="compare a run with its profile's baseline (exit 1 on regression or failed cell)",
         description=(
-            "Compare a run with a stored baseline, cell by cell: accuracy change in points and "
-            "throughput ratio, each against the profile's tolerance widened by the measured "
-            "noise. Throughput is gated only on the same hardware identity; accuracy always. "
-            "Exit 1 on a regression or a failed cell, 2 on bad input, else 0."
+            "Compare a run with a stored baseline, cell by cell. Accuracy (best val, and test "
+            "when both have it): regression when it drops by more than the profile's "
+            "accuracy_points, plus half the range across seeds on each side when a cell is "
+            "repeated over seeds. Throughput (train, inference): regression when run/baseline "
+            "images/s < 1 - (throughput_relative + (spread_baseline + spread_run) / 2), where "
+            "spread = IQR/median of the step rate. Throughput is gated only when the hardware "
+            "identity (CPU model/count, GPU name/count, backend and framework versions) of "
+            "both fingerprints matches; accuracy always. Exit 1 on a regression or a failed "
+            "cell, 2 on bad input, else 0."
         ),
     )
     p.add_argument("run", metavar="RUN", help="run id under reports/runs/, or a run folder")
