@@ -40,6 +40,7 @@ class PretrainConfig:
     learning_rate: float = 1e-3
     seed: int = 0
     limit: int | None = None  # use the first N images of each split only (quick checks, tests)
+    run_eagerly: bool = False  # no graph tracing: slower steps, far quicker tiny runs
 
     def __post_init__(self) -> None:
         for field in ("image_size", "epochs", "batch_size"):
@@ -169,6 +170,7 @@ def pretrain(config: PretrainConfig, out: Path, *, verbose: int = 2) -> Pretrain
         optimizer=keras.optimizers.Adam(schedule),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
+        run_eagerly=config.run_eagerly,
     )
     history = model.fit(
         x_train,

@@ -57,7 +57,18 @@ def _same_weights(a, b) -> bool:
 def test_pretrain_tiny_run_end_to_end(bench_env, capsys):
     out = bench_env / "w" / "tiny.weights.h5"
     code = cli.main(
-        ["pretrain", NAME, "--epochs", "1", "--limit", "128", "--quiet", "--out", str(out)]
+        [
+            "pretrain",
+            NAME,
+            "--epochs",
+            "1",
+            "--limit",
+            "128",
+            "--eager",
+            "--quiet",
+            "--out",
+            str(out),
+        ]
     )
     assert code == 0
     printed = capsys.readouterr().out
@@ -69,6 +80,7 @@ def test_pretrain_tiny_run_end_to_end(bench_env, capsys):
     side = jsonio.read_json(sidecar_path(out), kind=SIDECAR_KIND, schema=SIDECAR_SCHEMA)
     assert side["weights"]["sha256"] == digest
     assert side["config"]["epochs"] == 1 and side["train_images"] == 128
+    assert side["config"]["run_eagerly"] is True
     assert (
         side["dataset"]["name"] == "synth-source" and len(side["dataset"]["prepared_digest"]) == 64
     )

@@ -30,6 +30,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--limit", type=int, default=None, help="use the first N images of each split only"
     )
     p.add_argument("--out", type=Path, default=None, help="where to write *.weights.h5")
+    p.add_argument(
+        "--eager",
+        action="store_true",
+        help="run Keras eagerly (no graph tracing: slower steps, quicker tiny runs)",
+    )
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     p.set_defaults(func=run)
 
@@ -62,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         alpha=float(arch["alpha"]),
         seed=args.seed,
         limit=args.limit,
+        run_eagerly=args.eager,
         **overrides,
     )
     result = pretrain(config, out, verbose=0 if args.quiet else 2)
