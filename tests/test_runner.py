@@ -38,6 +38,7 @@ inference_warmup = 1
 """
 
 SYNTHETIC = 'input = "synthetic"\nnum_classes = 3\n'
+REPO = Path(__file__).resolve().parent.parent
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
 
@@ -56,30 +57,26 @@ def learning_curve(res: CellResult) -> list[tuple]:
 
 
 @pytest.mark.slow
-def test_same_seed_is_bit_identical_other_seed_differs(tmp_path: Path, run_bench: Run) -> None:
-    profile = matrix_file(
-        tmp_path,
-        """
-[[cells]]
-datasets = ["tiny"]
-strategies = ["fine-tune"]
-precisions = ["float32"]
-seeds = [0, 1]
-fine_tune_k = 140
-"""
-        + SYNTHETIC,
+def test_same_seed_is_bit_identical_other_seed_differs(
+    smoke_run_dir: Path, tmp_path: Path, run_bench: Run
+) -> None:
+    """A smoke cell run again in its own process (same seed) against the smoke run's result."""
+    smoke = (REPO / "benchmarks" / "smoke.toml").read_text()
+    profile = tmp_path / "again.toml"
+    profile.write_text(
+        smoke[: smoke.index("[[cells]]")]
+        + '[[cells]]\ndatasets = ["synth-xray"]\nstrategies = ["fine-tune"]\n'
+        'precisions = ["float32"]\nseeds = [0, 1]\n'
     )
-    runs = tmp_path / "runs"
-    common = ("--profile", str(profile), "--runs-dir", str(runs))
-    a = run_bench("all", *common, "--run-id", "a", "--only", "s0")
-    b = run_bench("all", *common, "--run-id", "b")
-    assert a.returncode == 0 and b.returncode == 0, a.stdout + a.stderr + b.stdout + b.stderr
-    cid0, cid1 = "tiny/fine-tune-random/float32/s0", "tiny/fine-tune-random/float32/s1"
-    a0, b0, b1 = read(runs / "a", cid0), read(runs / "b", cid0), read(runs / "b", cid1)
+    proc = run_bench("all", "--profile", str(profile), "--runs-dir", str(tmp_path), "--run-id", "b")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    cid0, cid1 = "synth-xray/fine-tune/float32/s0", "synth-xray/fine-tune/float32/s1"
+    a0, b0, b1 = read(smoke_run_dir, cid0), read(tmp_path / "b", cid0), read(tmp_path / "b", cid1)
     assert a0.ok and b0.ok and b1.ok
     assert a0.deterministic and a0.config["determinism"] != "off"
-    assert len(a0.history) == 2
+    assert len(a0.history) == 3
     assert learning_curve(a0) == learning_curve(b0)
+    assert a0.test_accuracy == b0.test_accuracy
     assert a0.weights_digest == b0.weights_digest
     assert a0.weights_digest != b1.weights_digest
     assert learning_curve(a0) != learning_curve(b1)
