@@ -193,7 +193,12 @@ def _findings_section(f: findings_mod.Findings) -> list[str]:
         [d.dataset, d.regime.data or "?", d.regime.domain or "?", d.regime.source]
         for d in f.datasets
     ]
-    out.append("Dataset regimes (and where they came from):")
+    out.append(
+        "Dataset regimes (and where they came from). A *derived* regime is a heuristic "
+        f"(fewer than {findings_mod.SMALL_TRAIN_IMAGES} train images = small data; a grayscale "
+        "dataset = different domain from the colour pretraining source); a `regime` field "
+        '(e.g. `"big-similar"`) in the dataset\'s manifest entry overrides it.'
+    )
     out.append("")
     out.append(tabulate(regimes, headers=["dataset", "data", "domain", "from"], tablefmt="github"))
     out.append("")
@@ -261,6 +266,11 @@ def render_markdown(
         + ")"
         + (f"; {len(planned_missing)} planned without a result" if planned_missing else "")
         + ".",
+        *(
+            [f"Baseline verdict: **{comparison.summary()}** (details below)."]
+            if comparison is not None
+            else []
+        ),
         "",
         "## Results matrix",
         "",
