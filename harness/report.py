@@ -261,13 +261,14 @@ def render_markdown(
         f"Profile `{info.profile}`; started {info.started_at}, finished {info.finished_at or '—'}; "
         f"git commit `{info.git_commit or 'unknown'}`; "
         f"manifest digest `{info.manifest_digest[:16]}`.",
+        "",
         f"Cells: {len(cells)} with results ({ok} ok, {len(failed)} failed"
         + (f", {len(skipped)} skipped" if skipped else "")
         + ")"
         + (f"; {len(planned_missing)} planned without a result" if planned_missing else "")
         + ".",
         *(
-            [f"Baseline verdict: **{comparison.summary()}** (details below)."]
+            ["", f"Baseline verdict: **{comparison.summary()}** (details below)."]
             if comparison is not None
             else []
         ),
