@@ -143,6 +143,8 @@ def accept(
 ) -> tuple[Path, Baseline]:
     """Make ``run_dir`` the baseline of its profile; refuse failed cells unless ``force``.
 
+    An incomplete run (planned cells without a result) is refused too (InputError, exit 2).
+
     Refusal raises :class:`RunFailure` (exit 1) naming the failed cells, because a failed
     cell in a baseline would silently turn the next failure of that cell into "no change".
     """
@@ -150,13 +152,20 @@ def accept(
     cells = results.read_cells(run_dir)
     if not cells:
         raise InputError(f"{run_dir}: run {info.run_id!r} has no cell results; nothing to accept")
+    missing = sorted(set(info.cell_ids) - {c.cell_id for c in cells})
+    if missing and not force:
+        raise InputError(
+            f"run {info.run_id!r} is incomplete: {len(missing)} planned cell(s) have no result "
+            f"({', '.join(missing[:3])}{', …' if len(missing) > 3 else ''}); "
+            f"finish it with `bench all --resume` or pass --force"
+        )
     failed = [c.cell_id for c in cells if c.status == "failed"]
     if failed and not force:
         raise RunFailure(
             f"run {info.run_id!r} has {len(failed)} failed cell(s) ({', '.join(failed)}); "
             "refusing to accept it as baseline; fix the cells or pass --force"
         )
-    base = from_run(info, cells, forced=bool(failed))
+    base = from_run(info, cells, forced=bool(failed or missing))
     target = Path(path) if path is not None else default_path(info.profile)
     write(base, target)
     return target, base

@@ -66,3 +66,15 @@ def test_accept_to_explicit_path_and_load_checks_profile(tmp_path):
     assert path == out and out.is_file() and base.profile == "reference"
     with pytest.raises(InputError, match="baseline is for profile 'reference'"):
         baseline.load(out, profile="smoke")
+
+
+def test_incomplete_run_is_refused_unless_forced(tmp_path, capsys):
+    cells = runkit.standard_cells()
+    run_dir = runkit.write_run(tmp_path, cells, run_id="r1")
+    (run_dir / "cells" / results.cell_filename(cells[-1].cell_id)).unlink()  # never finished
+    assert main(["baseline", "accept", "r1"]) == 2
+    err = capsys.readouterr().err
+    assert "run 'r1' is incomplete: 1 planned cell(s) have no result" in err
+    assert err.count("\n") == 1
+    assert main(["baseline", "accept", "r1", "--force"]) == 0
+    assert baseline.load(tmp_path / "reports" / "baselines" / "smoke.json").forced

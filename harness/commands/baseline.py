@@ -31,10 +31,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_accept(args: argparse.Namespace) -> int:
     run_dir = baseline.resolve_run_dir(args.run)
     path, base = baseline.accept(run_dir, force=args.force, path=args.output)
-    failed = sum(1 for c in base.cells if not c.ok)
-    note = f" (forced: {failed} failed cell(s) included)" if base.forced else ""
+    failed = sum(1 for c in base.cells if c.status == "failed")
+    note = f" (forced: {failed} failed cell(s) included)" if failed else ""
     print(
         f"baseline for profile {base.profile}: run {base.run_id}, {len(base.cells)} cell(s)"
         f"{note} -> {path}"
     )
+    commit = base.git_commit or ""
+    if commit.endswith("+dirty"):
+        print(f"note: the run was made from a checkout with uncommitted changes ({commit})")
     return 0
