@@ -21,6 +21,7 @@ matplotlib.use("Agg")  # headless; Figure() below never touches pyplot's global 
 
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
 from harness.compare import IMPROVEMENT, REGRESSION, Comparison
 from harness.jsonio import atomic_write_bytes
@@ -39,6 +40,8 @@ _PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 VERDICT_COLOURS = {REGRESSION: "#d62728", IMPROVEMENT: "#2ca02c"}
 NEUTRAL = "#7f7f7f"
+PRECISION_SHORT = {"float32": "fp32", "mixed_float16": "fp16", "mixed_bfloat16": "bf16"}
+PRECISION_HATCH = {"float32": None, "mixed_float16": "//", "mixed_bfloat16": ".."}
 
 
 def strategy_colour(strategy: str) -> str:
@@ -120,16 +123,25 @@ def learning_curves(dataset: str, cells: list[CellResult], path: Path) -> Path:
 
 
 def accuracy_vs_throughput(cells: list[CellResult], path: Path) -> Path:
-    """One point per ok cell: accuracy (%) against median train images/s (IQR as error bar)."""
+    """One point per ok cell: accuracy (%) against median train images/s (IQR as error bar).
+
+    Colour = strategy; marker = dataset (and precision, when the run has several).
+    """
     ok = [c for c in cells if c.ok and c.train_throughput is not None]
     use_test = bool(ok) and all(c.test_accuracy is not None for c in ok)
     metric = "test accuracy" if use_test else "best validation accuracy"
-    datasets = sorted({c.dataset for c in ok})
-    marker = {d: _MARKERS[i % len(_MARKERS)] for i, d in enumerate(datasets)}
+    multi_precision = len({c.precision for c in ok}) > 1
+
+    def group(c: CellResult) -> str:
+        short = PRECISION_SHORT.get(c.precision, c.precision)
+        return f"{c.dataset} · {short}" if multi_precision else c.dataset
+
+    groups = sorted({group(c) for c in ok})
+    marker = {g: _MARKERS[i % len(_MARKERS)] for i, g in enumerate(groups)}
     fig = Figure(figsize=(9, 5.6), layout="constrained")
     ax = fig.subplots()
     rates = []
-    for c in sorted(ok, key=lambda c: (c.dataset, strategy_key(c.strategy))):
+    for c in sorted(ok, key=lambda c: (c.dataset, strategy_key(c.strategy), c.precision)):
         t = c.train_throughput
         acc = c.test_accuracy if use_test else c.best_val_accuracy
         if t is None or acc is None:
@@ -142,22 +154,19 @@ def accuracy_vs_throughput(cells: list[CellResult], path: Path) -> Path:
                 [max(t.images_per_s - t.images_per_s_p25, 0)],
                 [max(t.images_per_s_p75 - t.images_per_s, 0)],
             ],
-            fmt=marker[c.dataset],
+            fmt=marker[group(c)],
             color=strategy_colour(c.strategy),
             markersize=9,
             markeredgecolor="black",
             capsize=3,
+            alpha=0.9,
         )
     if rates and max(rates) / max(min(rates), 1e-9) > 20:
         ax.set_xscale("log")
-    batch_prec = sorted(
-        {
-            (c.train_throughput.batch_size, c.train_throughput.precision)
-            for c in ok
-            if c.train_throughput
-        }
-    )
-    stated = ", ".join(f"batch {b}, {p}" for b, p in batch_prec) or "no data"
+    batches = sorted({c.train_throughput.batch_size for c in ok if c.train_throughput})
+    stated = ", ".join(f"batch {b}" for b in batches) or "no data"
+    if ok and not multi_precision:
+        stated += f", {ok[0].precision}"
     ax.set(
         xlabel=f"train throughput (images/s, median; bars = IQR; {stated})",
         ylabel=f"{metric} (%)",
@@ -173,21 +182,22 @@ def accuracy_vs_throughput(cells: list[CellResult], path: Path) -> Path:
             [],
             [],
             color="white",
-            marker=marker[d],
+            marker=marker[g],
             markeredgecolor="black",
             linestyle="",
             markersize=9,
-            label=d,
+            label=g,
         )
-        for d in datasets
+        for g in groups
     ]
     if handles:
+        what = "dataset · precision" if multi_precision else "dataset"
         ax.legend(
             handles=handles,
             loc="center left",
             bbox_to_anchor=(1.01, 0.5),
             frameon=False,
-            title="strategy (colour) / dataset (marker)",
+            title=f"strategy (colour) / {what} (marker)",
         )
     else:
         ax.text(0.5, 0.5, "no successful cell with throughput", ha="center", transform=ax.transAxes)
@@ -267,4 +277,80 @@ def baseline_deltas(comparison: Comparison, path: Path) -> Path:
     fig.suptitle(f"run {comparison.run_id} vs baseline {comparison.baseline_run_id}")
     if not rows:
         ax_acc.text(0.5, 0.5, "no cell comparable", ha="center", transform=ax_acc.transAxes)
+    return _save(fig, path)
+
+
+def throughput_bars(cells: list[CellResult], path: Path) -> Path:
+    """Train and inference images/s per cell (median, IQR whiskers), coloured by strategy.
+
+    Precisions are told apart by hatching; the batch size and input kind are in the labels.
+    """
+    ok = sorted(
+        (c for c in cells if c.ok and (c.train_throughput or c.inference_throughput)),
+        key=lambda c: (c.dataset, strategy_key(c.strategy), c.precision, c.seed),
+    )
+    n = max(len(ok), 1)
+    fig = Figure(figsize=(12, max(3.4, 0.36 * n + 2.0)), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    ys = list(range(len(ok)))
+    for ax, attr, title in (
+        (axes[0], "train_throughput", "training"),
+        (axes[1], "inference_throughput", "inference"),
+    ):
+        rates = []
+        for y, c in zip(ys, ok, strict=True):
+            t = getattr(c, attr)
+            if t is None:
+                ax.text(0, y, " n/a", va="center", fontsize=8, color=NEUTRAL)
+                continue
+            rates.append(t.images_per_s)
+            ax.barh(
+                y,
+                t.images_per_s,
+                xerr=[
+                    [max(t.images_per_s - t.images_per_s_p25, 0)],
+                    [max(t.images_per_s_p75 - t.images_per_s, 0)],
+                ],
+                color=strategy_colour(c.strategy),
+                hatch=PRECISION_HATCH.get(c.precision),
+                edgecolor="black",
+                linewidth=0.5,
+                height=0.65,
+                capsize=2,
+            )
+            ax.annotate(
+                f"{t.images_per_s:,.0f}",
+                (t.images_per_s_p75, y),
+                xytext=(4, 0),
+                textcoords="offset points",
+                va="center",
+                fontsize=8,
+            )
+        if rates and max(rates) / max(min(rates), 1e-9) > 30:
+            ax.set_xscale("log")
+        batches = sorted(
+            {(t.batch_size, t.input) for c in ok if (t := getattr(c, attr)) is not None}
+        )
+        stated = ", ".join(f"batch {b}, {inp} input" for b, inp in batches) or "no data"
+        ax.set(
+            xlabel=f"images/s (median; whiskers = IQR; {stated})",
+            title=f"{title} throughput per cell",
+        )
+        ax.margins(x=0.18)
+        ax.grid(True, axis="x", which="both", alpha=0.3)
+    axes[0].set_yticks(ys, [c.cell_id for c in ok], fontsize=8)
+    axes[0].invert_yaxis()
+    precisions = sorted({c.precision for c in ok})
+    handles = [
+        Patch(facecolor=strategy_colour(s), edgecolor="black", label=s)
+        for s in sorted({c.strategy for c in ok}, key=strategy_key)
+    ] + [
+        Patch(facecolor="white", edgecolor="black", hatch=PRECISION_HATCH.get(p), label=p)
+        for p in precisions
+    ]
+    fig.legend(
+        handles=handles, loc="outside lower center", ncol=min(len(handles), 6), frameon=False
+    )
+    if not ok:
+        axes[0].text(0.5, 0.5, "no throughput measured", ha="center", transform=axes[0].transAxes)
     return _save(fig, path)

@@ -319,6 +319,13 @@ def render_markdown(
             f"![accuracy vs throughput]({plot_paths['scatter']})",
             "",
         ]
+    if "throughput" in plot_paths:
+        lines += [
+            "### Throughput per cell",
+            "",
+            f"![throughput per cell]({plot_paths['throughput']})",
+            "",
+        ]
     lines += ["## Environment", ""]
     lines += [
         tabulate(environment_rows(info.environment), headers=["key", "value"], tablefmt="github"),
@@ -359,6 +366,8 @@ def write_report(
         rel[f"curves:{dataset}"] = f"plots/{name}"
     plots.accuracy_vs_throughput(cells, plot_dir / "accuracy_vs_throughput.png")
     rel["scatter"] = "plots/accuracy_vs_throughput.png"
+    plots.throughput_bars(cells, plot_dir / "throughput.png")
+    rel["throughput"] = "plots/throughput.png"
     if comparison is not None:
         plots.baseline_deltas(comparison, plot_dir / "baseline_deltas.png")
         rel["baseline"] = "plots/baseline_deltas.png"

@@ -351,4 +351,5 @@ def test_real_smoke_run_against_a_baseline_accepted_from_it(
         "curves_synth-few.png",
         "curves_synth-many.png",
         "curves_synth-xray.png",
+        "throughput.png",
     ]

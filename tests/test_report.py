@@ -57,6 +57,7 @@ def test_report_with_baseline_renders_tables_and_all_plots(tmp_path, capsys):
         "curves_synth-few.png",
         "curves_synth-xray.png",
         "accuracy_vs_throughput.png",
+        "throughput.png",
         "baseline_deltas.png",
     ]
     for name in expected:
