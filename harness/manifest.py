@@ -113,6 +113,9 @@ class DatasetEntry:
     layout: dict[str, Any]
     description: str = ""
     license: str = ""
+    # The transfer-learning regime this dataset stands for, e.g. {"data": "small",
+    # "domain": "similar"}; the report's findings check the rules of thumb against it.
+    regime: dict[str, str] | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     parent_fingerprint: str = ""  # a derived dataset's cache also depends on its parent
 
@@ -124,7 +127,8 @@ class DatasetEntry:
     @property
     def fingerprint(self) -> str:
         """sha256 of everything that determines the prepared cache (not the pins themselves)."""
-        keep = {k: v for k, v in self.raw.items() if k not in ("prepared", "description")}
+        descriptive = ("prepared", "description", "license", "regime")
+        keep = {k: v for k, v in self.raw.items() if k not in descriptive}
         source = dict(keep.get("source", {}))
         for volatile in ("size", "sha256", "md5", "url"):
             source.pop(volatile, None)
@@ -318,6 +322,7 @@ def _parse_dataset(name: str, f: _Fields) -> DatasetEntry:
     layout = dict(f.opt("layout", dict, {}))
     if isinstance(source, HttpsSource | LocalSource):
         f.sub("layout").req("format", str)
+    regime = _parse_regime(f.sub("regime")) if "regime" in f.obj else None
     return DatasetEntry(
         name=name,
         source=source,
@@ -329,8 +334,26 @@ def _parse_dataset(name: str, f: _Fields) -> DatasetEntry:
         layout=layout,
         description=f.opt("description", str, ""),
         license=f.opt("license", str, ""),
+        regime=regime,
         raw=f.obj,
     )
+
+
+_REGIME_VALUES = {"data": ("small", "big"), "domain": ("similar", "different")}
+
+
+def _parse_regime(f: _Fields) -> dict[str, str]:
+    """``{"data": small|big, "domain": similar|different}`` (relative to the pretraining data)."""
+    for key in f.obj:
+        if key not in _REGIME_VALUES:
+            f.fail(f"unknown field; expected {sorted(_REGIME_VALUES)}", key)
+    regime = {}
+    for key, allowed in _REGIME_VALUES.items():
+        value = f.req(key, str)
+        if value not in allowed:
+            f.fail(f"expected one of {list(allowed)}, got {value!r}", key)
+        regime[key] = value
+    return regime
 
 
 def _parse_weights(name: str, f: _Fields) -> WeightsEntry:

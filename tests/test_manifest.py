@@ -78,6 +78,7 @@ def test_fingerprint_ignores_pins_but_not_content() -> None:
 
     base = parse(raw)
     assert parse(pinned) == base
+    assert parse(dict(raw, regime={"data": "small", "domain": "similar"})) == base
     assert parse(reseeded) != base
 
 
@@ -118,6 +119,9 @@ def test_bad_manifest_file_exits_2_with_one_line(
         (lambda e: e.update(classes=["a", "a"]), "class names are not unique"),
         (lambda e: e.update(prepared={"big": {"digest": "0" * 64}}), "image size like '224'"),
         (lambda e: e.update(source={"type": "derived", "parent": "nope", "rule": {}}), "'nope'"),
+        (lambda e: e.update(regime={"data": "huge", "domain": "similar"}), "regime.data"),
+        (lambda e: e.update(regime={"data": "big"}), "regime.domain: missing field"),
+        (lambda e: e.update(regime={"data": "big", "domain": "similar", "x": 1}), "regime.x"),
     ],
     ids=[
         "no-splits",
@@ -132,6 +136,9 @@ def test_bad_manifest_file_exits_2_with_one_line(
         "duplicate-classes",
         "prepared-size",
         "unknown-parent",
+        "regime-value",
+        "regime-missing",
+        "regime-unknown-key",
     ],
 )
 def test_bad_manifest_field_names_the_field(
