@@ -255,6 +255,7 @@ def run_cell(
     for stage in plan.stages:
         strategies.set_stage(built, stage)
         optimizer = strategies.compile_stage(built, stage, jit_compile=cell.jit_compile)
+        backend.prebuild_for_fit(fit_model, x_train[:batch], y_train[:batch])
         end_epoch = epochs_map[stage.name]
         fit_model.fit(
             x_train, y_train,
