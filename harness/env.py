@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import __version__, backend
-
-IMAGE_INFO = Path("/etc/transfer-bench/image.json")
+from harness.errors import BenchError
 
 
 def git_commit(root: Path | None = None) -> str | None:
@@ -77,18 +76,24 @@ def _int(text: str) -> int | None:
 
 
 def container_info() -> dict[str, Any] | None:
-    """Image id/digest/build from $BENCH_IMAGE_ID / $BENCH_IMAGE_DIGEST and the image file."""
-    image_id = os.environ.get("BENCH_IMAGE_ID")
-    digest = os.environ.get("BENCH_IMAGE_DIGEST")
-    build: Any = None
-    if IMAGE_INFO.is_file():
-        try:
-            build = json.loads(IMAGE_INFO.read_text())
-        except (OSError, ValueError):
-            build = {"error": f"{IMAGE_INFO} is not readable JSON"}
-    if image_id is None and digest is None and build is None:
-        return None
-    return {"image_id": image_id, "image_digest": digest, "build": build}
+    """Image id/digest (from the environment) and build provenance (baked into the image).
+
+    The provenance leaves out the full package list and keeps its digest; a corrupt
+    image.json is reported in the fingerprint rather than failing the run.
+    """
+    from harness.container import container_fingerprint
+
+    try:
+        return container_fingerprint()
+    except BenchError as exc:
+        return {"image_id": os.environ.get("BENCH_IMAGE_ID"), "build": {"error": exc.message}}
+
+
+def _image_git_commit() -> str | None:
+    """Inside the image there is no .git: the commit it was built from, if recorded."""
+    info = container_info()
+    build = (info or {}).get("build") or {}
+    return build.get("git_commit") or None
 
 
 def manifest_digest() -> str | None:
@@ -106,7 +111,7 @@ def fingerprint(backend_name: str | None = None) -> dict[str, Any]:
     build = backend.build_info()
     return {
         "harness_version": __version__,
-        "git_commit": git_commit(),
+        "git_commit": git_commit() or _image_git_commit(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "keras": versions["keras"],

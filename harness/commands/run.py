@@ -39,6 +39,17 @@ def register(sub: Any) -> None:
     run_args(p)
     p.add_argument("--only", default=None, help="cell-id glob(s) or substring(s), comma-separated")
     p.add_argument("--resume", action="store_true", help="complete a run: skip finished cells")
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="baseline to compare with at the end (default: reports/baselines/<profile>.json)",
+    )
+    p.add_argument(
+        "--no-compare",
+        action="store_true",
+        help="skip the comparison with the stored baseline and the report at the end",
+    )
     p.set_defaults(func=cmd_all)
 
     p = sub.add_parser("run", help="run one cell of a matrix by its id")
@@ -56,7 +67,7 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_env)
 
 
-def _run(args: argparse.Namespace, matrix: Any, cells: Any, resume: bool) -> int:
+def _run(args: argparse.Namespace, matrix: Any, cells: Any, resume: bool) -> tuple[Path, int]:
     from harness.orchestrate import run_matrix
 
     outcome = run_matrix(
@@ -77,17 +88,23 @@ def _run(args: argparse.Namespace, matrix: Any, cells: Any, resume: bool) -> int
     )
     for cid in outcome.failed_cells:
         print(f"  failed: {cid}")
-    return EXIT_FAILURE if outcome.failed_cells else EXIT_OK
+    return outcome.run_dir, EXIT_FAILURE if outcome.failed_cells else EXIT_OK
 
 
 def cmd_all(args: argparse.Namespace) -> int:
+    """Run the matrix, then compare with the stored baseline and write the report."""
     matrix = load_matrix(args.profile or default_profile())
-    return _run(args, matrix, matrix.select(args.only), args.resume)
+    run_dir, code = _run(args, matrix, matrix.select(args.only), args.resume)
+    if args.dry_run or args.no_compare:
+        return code
+    from harness.compare import after_run
+
+    return max(code, after_run(run_dir, baseline_path=args.baseline))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     matrix = load_matrix(args.profile or default_profile())
-    return _run(args, matrix, (matrix.cell(args.cell),), resume=False)
+    return _run(args, matrix, (matrix.cell(args.cell),), resume=False)[1]
 
 
 def cmd_list(args: argparse.Namespace) -> int:
