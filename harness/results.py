@@ -83,6 +83,32 @@ class Throughput:
     step_seconds: Spread
     step_series: tuple[float, ...] = ()  # the measured (post-warm-up) step times, in order
 
+    @classmethod
+    def from_steps(
+        cls,
+        phase: str,
+        step_seconds: Sequence[float],
+        *,
+        batch_size: int,
+        precision: str,
+        input_kind: str,
+        warmup_steps: int,
+    ) -> Throughput:
+        """From measured post-warm-up step times (rate quartiles from time quartiles)."""
+        spread = Spread.of(step_seconds)
+        return cls(
+            phase=phase,
+            images_per_s=batch_size / spread.median,
+            images_per_s_p25=batch_size / spread.p75,
+            images_per_s_p75=batch_size / spread.p25,
+            batch_size=batch_size,
+            precision=precision,
+            input=input_kind,
+            warmup_steps=warmup_steps,
+            step_seconds=spread,
+            step_series=tuple(float(s) for s in step_seconds),
+        )
+
     @property
     def relative_spread(self) -> float:
         """IQR of the rate divided by its median: the noise a comparison must allow for."""

@@ -30,7 +30,7 @@ import numpy as np
 from harness import backend
 from harness.errors import BenchError, InputError
 from harness.matrix import NO_WEIGHTS, CellSpec
-from harness.results import CellResult, EpochRecord
+from harness.results import CellResult, EpochRecord, Throughput
 
 EpochHook = Callable[[dict[str, Any]], None]
 
@@ -285,7 +285,7 @@ def run_cell(
     inf_warmup, inf_times = timing.time_calls(
         lambda: model.predict_on_batch(inf_x), warmup=inf_warm, steps=inf_steps
     )
-    inference = timing.make_throughput(
+    inference = Throughput.from_steps(
         "inference", inf_times, batch_size=inf_batch, precision=cell.precision,
         input_kind=data.input_kind, warmup_steps=len(inf_warmup),
     )  # fmt: skip

@@ -17,7 +17,7 @@ from typing import Any
 
 import keras
 
-from harness.results import Spread, Throughput
+from harness.results import Throughput
 
 
 class StepTimer(keras.callbacks.Callback):
@@ -55,35 +55,10 @@ class StepTimer(keras.callbacks.Callback):
         steps = self.segments[segment] if self.segments else []
         if not steps:
             return None
-        return make_throughput(
+        return Throughput.from_steps(
             "train", steps, batch_size=batch_size, precision=precision, input_kind=input_kind,
             warmup_steps=len(self.warmup[segment]),
         )  # fmt: skip
-
-
-def make_throughput(
-    phase: str,
-    step_seconds: list[float],
-    *,
-    batch_size: int,
-    precision: str,
-    input_kind: str,
-    warmup_steps: int,
-) -> Throughput:
-    """A :class:`Throughput` from measured step times (rate quartiles from time quartiles)."""
-    spread = Spread.of(step_seconds)
-    return Throughput(
-        phase=phase,
-        images_per_s=batch_size / spread.median,
-        images_per_s_p25=batch_size / spread.p75,
-        images_per_s_p75=batch_size / spread.p25,
-        batch_size=batch_size,
-        precision=precision,
-        input=input_kind,
-        warmup_steps=warmup_steps,
-        step_seconds=spread,
-        step_series=tuple(step_seconds),
-    )
 
 
 @dataclass

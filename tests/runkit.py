@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import results
-from harness.results import CellResult, EpochRecord, RunInfo, Spread, Throughput
+from harness.results import CellResult, EpochRecord, RunInfo, Throughput
 
 
 def environment(cpu_model: str = "AMD EPYC 7B13", cpu_count: int = 2, **overrides: Any) -> dict:
@@ -53,19 +53,9 @@ def throughput(
     """A throughput record whose step times scatter uniformly by ±``noise`` around batch/rate."""
     rng = random.Random(seed)
     base = batch / rate
-    series = tuple(base * (1 + rng.uniform(-noise, noise)) for _ in range(steps))
-    spread = Spread.of(series)
-    return Throughput(
-        phase=phase,
-        images_per_s=batch / spread.median,
-        images_per_s_p25=batch / spread.p75,
-        images_per_s_p75=batch / spread.p25,
-        batch_size=batch,
-        precision=precision,
-        input="real",
-        warmup_steps=3,
-        step_seconds=spread,
-        step_series=series,
+    series = [base * (1 + rng.uniform(-noise, noise)) for _ in range(steps)]
+    return Throughput.from_steps(
+        phase, series, batch_size=batch, precision=precision, input_kind="real", warmup_steps=3
     )
 
 
