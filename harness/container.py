@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from harness import __version__, paths
+from harness import __version__, env, paths
 from harness.errors import EXIT_BAD_INPUT, BenchError, InputError, RunFailure
 from harness.jsonio import read_json, write_json
 
@@ -148,28 +148,6 @@ def stage_ca_bundle(context: Path, bundle: Path | None) -> Path | None:
     return target
 
 
-def git_commit(root: Path) -> str:
-    """``git rev-parse HEAD`` of ``root`` (+ ``-dirty`` with uncommitted changes), or ''."""
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=30,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=30,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return f"{head}-dirty" if dirty else head
-
-
 def build_image(
     config: BuildConfig,
     *,
@@ -203,7 +181,7 @@ def build_image(
         "BASE_IMAGE": config.base_image,
         "BASE_IMAGE_ID": base.id,
         "TF_EXTRA": config.tf,
-        "GIT_COMMIT": git_commit(context),
+        "GIT_COMMIT": env.git_commit(context) or "",
     }
     tag = config.resolved_tag()
     started = time.perf_counter()

@@ -23,9 +23,13 @@ from typing import Any
 from harness import __version__, backend
 from harness.errors import BenchError
 
+# Tracked paths whose uncommitted changes make a commit id an incomplete description.
+_RESULT_PATHS = ("harness", "benchmarks", "data", "pyproject.toml", "Dockerfile")
+
 
 def git_commit(root: Path | None = None) -> str | None:
-    """HEAD of the harness checkout, with ``+dirty`` when tracked files differ; None outside git."""
+    """HEAD of the checkout at ``root`` (default: the harness's), ``+dirty`` when tracked files
+    that shape results (code, matrices, data manifest, dependencies) differ; None outside git."""
     root = root or Path(__file__).resolve().parent.parent
     if not shutil.which("git"):
         return None
@@ -35,7 +39,7 @@ def git_commit(root: Path | None = None) -> str | None:
             capture_output=True, text=True, timeout=10, check=True,
         ).stdout.strip()  # fmt: skip
         dirty = subprocess.run(
-            ["git", "-C", str(root), "diff", "--quiet", "HEAD", "--", "harness", "benchmarks"],
+            ["git", "-C", str(root), "diff", "--quiet", "HEAD", "--", *_RESULT_PATHS],
             capture_output=True, timeout=10,
         ).returncode  # fmt: skip
     except (subprocess.SubprocessError, OSError):
