@@ -38,4 +38,4 @@ def test_bench_all_ends_with_the_comparison_and_the_report(smoke_run_dir: Path) 
     report = smoke_run_dir / "report" / "report.md"
     assert report.is_file()
     assert "baseline" in report.read_text().lower()
-    assert any((smoke_run_dir / "report").glob("*.png"))
+    assert any((smoke_run_dir / "report" / "plots").glob("*.png"))
