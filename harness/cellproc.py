@@ -63,10 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         result = _with_extra(result, process=process)
     except runner.PrecisionUnsupported as exc:
         status = "skipped" if cell.skip_if_unsupported else "failed"
-        result = runner.failed_result(
-            cell, exc.message, wall_seconds=time.time() - ready, backend_name=backend_name,
-            status=status, extra={"process": process},
-        )  # fmt: skip
+        result = _failure(cell, exc.message, ready, backend_name, process, status=status)
     except BenchError as exc:
         result = _failure(cell, exc.message, ready, backend_name, process)
     except Exception as exc:  # any crash of the cell is recorded, the run goes on
@@ -79,12 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if result.status in ("ok", "skipped") else 1
 
 
-def _failure(cell: Any, msg: str, ready: float, backend_name: str, process: dict) -> Any:
+def _failure(
+    cell: Any, msg: str, ready: float, backend_name: str, process: dict, status: str = "failed"
+) -> Any:
     from harness import runner
 
     return runner.failed_result(
         cell, msg, wall_seconds=time.time() - ready, backend_name=backend_name,
-        extra={"process": process},
+        status=status, extra={"process": process},
     )  # fmt: skip
 
 

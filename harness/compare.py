@@ -400,18 +400,29 @@ def compare_cells(
     )
 
 
+def find_baseline(profile: str, explicit: Path | None = None) -> Baseline | None:
+    """The baseline to compare a run of ``profile`` with.
+
+    ``explicit`` (``--baseline FILE``) must exist and be usable; without it, the profile's
+    stored baseline is used when there is one, and None means there is none.
+    """
+    path = Path(explicit) if explicit else baseline_mod.default_path(profile)
+    if explicit is None and not path.is_file():
+        return None
+    return baseline_mod.load(path, profile=profile)
+
+
 def compare_run(run_dir: Path, baseline_path: Path | None = None) -> Comparison:
     """Read a run folder and its baseline (default: the profile's) and compare them."""
     info = results.read_run(run_dir)
-    cells = results.read_cells(run_dir)
-    path = Path(baseline_path) if baseline_path else baseline_mod.default_path(info.profile)
-    if baseline_path is None and not path.is_file():
+    base = find_baseline(info.profile, baseline_path)
+    if base is None:
         raise InputError(
-            f"no baseline for profile {info.profile!r} at {path}; accept one with "
+            f"no baseline for profile {info.profile!r} at "
+            f"{baseline_mod.default_path(info.profile)}; accept one with "
             f"`bench baseline accept RUN` or pass --baseline FILE"
         )
-    base = baseline_mod.load(path, profile=info.profile)
-    return compare_cells(info, cells, base, baseline_path=path)
+    return compare_cells(info, results.read_cells(run_dir), base, baseline_path=base.path)
 
 
 def _fmt_points(m: MetricDelta | None) -> str:
@@ -471,51 +482,39 @@ def render_json(comparison: Comparison) -> str:
     return jsonio.dumps(data)
 
 
-def after_run(
-    run_dir: Path,
-    *,
-    baseline_path: Path | None = None,
-    out_dir: Path | None = None,
-    echo: Any = print,
-    echo_err: Any = None,
-) -> int:
-    """The end of ``bench all``: compare with the stored baseline if any, write the report.
+def after_run(run_dir: Path, *, baseline_path: Path | None = None) -> int:
+    """The end of ``bench all``: compare with the baseline if there is one, write the report.
 
     Prints the verdict table (or "no baseline for profile X"), writes the report and
-    prints where it is. Returns the exit contribution: 1 on a regression or a failed
-    cell, else 0; 2 when a baseline exists but cannot be used (unreadable, another
-    profile or schema) — that error is printed as one line, the report is still written
+    prints where it is. Returns the comparison's exit code (1 on a regression or a failed
+    cell), 0 without a baseline (the caller counts failed cells itself), and 2 when the
+    baseline cannot be used (an explicit ``--baseline`` that is missing, unreadable, of
+    another profile or schema): that error is one line, the report is still written
     (without verdicts), and a broken gate never passes silently.
     """
     from harness import report  # late import: report imports this module
 
-    if echo_err is None:
-
-        def echo_err(line: str) -> None:
-            print(line, file=sys.stderr)
-
     run_dir = Path(run_dir)
     info = results.read_run(run_dir)
-    cells = results.read_cells(run_dir)
-    path = Path(baseline_path) if baseline_path else baseline_mod.default_path(info.profile)
-    failed = sum(1 for c in cells if c.status == "failed")
-    code = EXIT_FAILURE if failed else EXIT_OK
     comparison = None
-    if path.is_file():
-        try:
-            base = baseline_mod.load(path, profile=info.profile)
-        except BenchError as exc:
-            echo_err(f"bench: error: {exc.message}")
-            code = EXIT_BAD_INPUT
-        else:
-            comparison = compare_cells(info, cells, base, baseline_path=path)
-            echo(render_table(comparison))
-            code = comparison.exit_code
+    code = EXIT_OK
+    try:
+        base = find_baseline(info.profile, baseline_path)
+    except BenchError as exc:
+        print(f"bench: error: {exc.message}", file=sys.stderr)
+        code = EXIT_BAD_INPUT
     else:
-        echo(
-            f"no baseline for profile {info.profile} ({path}); accept one with "
-            f"`bench baseline accept {info.run_id}`"
-        )
-    report_path = report.write_report(run_dir, comparison=comparison, out_dir=out_dir)
-    echo(f"report: {report_path}")
+        if base is None:
+            print(
+                f"no baseline for profile {info.profile} "
+                f"({baseline_mod.default_path(info.profile)}); accept one with "
+                f"`bench baseline accept {info.run_id}`"
+            )
+        else:
+            comparison = compare_cells(
+                info, results.read_cells(run_dir), base, baseline_path=base.path
+            )
+            print(render_table(comparison))
+            code = comparison.exit_code
+    print(f"report: {report.write_report(run_dir, comparison=comparison)}")
     return code

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from harness import __version__, env, paths
+from harness import __version__, paths
+from harness.env import git_commit
 from harness.errors import EXIT_BAD_INPUT, BenchError, InputError, RunFailure
 from harness.jsonio import read_json, write_json
 
@@ -181,7 +182,7 @@ def build_image(
         "BASE_IMAGE": config.base_image,
         "BASE_IMAGE_ID": base.id,
         "TF_EXTRA": config.tf,
-        "GIT_COMMIT": env.git_commit(context) or "",
+        "GIT_COMMIT": git_commit(context) or "",
     }
     tag = config.resolved_tag()
     started = time.perf_counter()
@@ -425,7 +426,6 @@ def write_image_provenance(
         "base_image_id": build_args["BASE_IMAGE_ID"],
         "tf_extra": build_args["TF_EXTRA"],
         "git_commit": build_args["GIT_COMMIT"],
-        "build_args": build_args,
         "python": platform.python_version(),
         "pip_freeze": freeze,
         "pip_freeze_sha256": hashlib.sha256(("\n".join(freeze) + "\n").encode()).hexdigest(),
@@ -447,15 +447,17 @@ def container_fingerprint(
 ) -> dict[str, Any] | None:
     """``{"image_id", "image_digest", "build"}`` for the environment fingerprint, or None.
 
-    None outside a container (no ``BENCH_IMAGE_ID`` and no image.json). ``build`` is the
-    baked provenance without the full package list (its digest stays).
+    None outside a transfer-bench image (no image.json), even when ``BENCH_IMAGE_ID`` is
+    exported on the host for compose: the host is not the image. ``build`` is the baked
+    provenance without the full package list (its digest stays).
     """
     env = os.environ if environ is None else environ
-    image_id = env.get("BENCH_IMAGE_ID") or None
-    digest = env.get("BENCH_IMAGE_DIGEST") or None
     build = read_image_provenance(path)
-    if image_id is None and digest is None and build is None:
+    if build is None:
         return None
-    if build is not None:
-        build = {k: v for k, v in build.items() if k not in ("pip_freeze", "kind", "schema")}
-    return {"image_id": image_id, "image_digest": digest, "build": build}
+    build = {k: v for k, v in build.items() if k not in ("pip_freeze", "kind", "schema")}
+    return {
+        "image_id": env.get("BENCH_IMAGE_ID") or None,
+        "image_digest": env.get("BENCH_IMAGE_DIGEST") or None,
+        "build": build,
+    }

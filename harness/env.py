@@ -79,25 +79,18 @@ def _int(text: str) -> int | None:
         return None
 
 
-def container_info() -> dict[str, Any] | None:
+def container_info(image_json: Path | None = None) -> dict[str, Any] | None:
     """Image id/digest (from the environment) and build provenance (baked into the image).
 
     The provenance leaves out the full package list and keeps its digest; a corrupt
     image.json is reported in the fingerprint rather than failing the run.
     """
-    from harness.container import container_fingerprint
+    from harness.container import IMAGE_JSON, container_fingerprint
 
     try:
-        return container_fingerprint()
+        return container_fingerprint(path=image_json or IMAGE_JSON)
     except BenchError as exc:
         return {"image_id": os.environ.get("BENCH_IMAGE_ID"), "build": {"error": exc.message}}
-
-
-def _image_git_commit() -> str | None:
-    """Inside the image there is no .git: the commit it was built from, if recorded."""
-    info = container_info()
-    build = (info or {}).get("build") or {}
-    return build.get("git_commit") or None
 
 
 def manifest_digest() -> str | None:
@@ -113,9 +106,12 @@ def fingerprint(backend_name: str | None = None) -> dict[str, Any]:
     """The environment fingerprint (keys fixed by the contracts)."""
     versions = backend.framework_versions()
     build = backend.build_info()
+    container = container_info()
+    # Inside the image there is no .git: the commit it was built from, if recorded.
+    image_commit = ((container or {}).get("build") or {}).get("git_commit")
     return {
         "harness_version": __version__,
-        "git_commit": git_commit() or _image_git_commit(),
+        "git_commit": git_commit() or image_commit or None,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "keras": versions["keras"],
@@ -127,7 +123,7 @@ def fingerprint(backend_name: str | None = None) -> dict[str, Any]:
         "cudnn": build["cudnn"],
         "gpu": gpu_info(),
         "cpu": {"model": backend.cpu_model(), "count": os.cpu_count()},
-        "container": container_info(),
+        "container": container,
         "manifest_digest": manifest_digest(),
     }
 

@@ -14,6 +14,8 @@ status ``ok`` or ``skipped`` (its file is not touched); failed cells run again.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -130,7 +132,7 @@ def run_matrix(
 
     own_progress = progress is None
     prog = progress or RunProgress(len(chosen), done=len(outcomes))
-    with prog if own_progress else _nullcontext(prog):
+    with prog if own_progress else contextlib.nullcontext(prog):
         for o in outcomes:
             prog.cell_skipped(o.cell_id, "already done (resume)")
         for cell in todo:
@@ -148,27 +150,10 @@ def run_matrix(
     outcomes.sort(key=lambda o: order[o.cell_id])
     results.write_run(
         run_dir,
-        _replace(info, finished_at=datetime.now(UTC).isoformat(timespec="seconds")),
+        dataclasses.replace(info, finished_at=datetime.now(UTC).isoformat(timespec="seconds")),
     )
     _write_process_log(run_dir, outcomes)
     return RunOutcome(run_dir, run_id, tuple(outcomes), time.perf_counter() - t0)
-
-
-class _nullcontext:
-    def __init__(self, obj: RunProgress) -> None:
-        self.obj = obj
-
-    def __enter__(self) -> RunProgress:
-        return self.obj
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def _replace(info: results.RunInfo, **kw: object) -> results.RunInfo:
-    import dataclasses
-
-    return dataclasses.replace(info, **kw)
 
 
 def _start_run(
@@ -202,7 +187,7 @@ def _start_run(
                 f"since {run_dir} started; start a new run"
             )
         ids = tuple(dict.fromkeys((*old.cell_ids, *(c.cell_id for c in chosen))))
-        info = _replace(old, cell_ids=ids, finished_at=None)
+        info = dataclasses.replace(old, cell_ids=ids, finished_at=None)
     else:
         manifest = load_manifest()
         fp = env.fingerprint(backend)
@@ -238,11 +223,12 @@ def _run_one(
     log_path = run_dir / "logs" / (results.cell_filename(cell.cell_id)[: -len(".json")] + ".log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     result_path.unlink(missing_ok=True)  # a failed result being retried
-    epochs = 1 if dry_run else cell.epochs
-    if dry_run:
+    if dry_run:  # a dry run runs one short epoch per stage
         from harness.strategies import plan
 
         epochs = len(plan(cell).stages)
+    else:
+        epochs = cell.epochs
     prog.cell_start(cell.cell_id, epochs)
     cmd = [
         sys.executable, "-m", "harness.cellproc",

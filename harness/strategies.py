@@ -36,6 +36,8 @@ mode is ``trainable = False`` on the layer (tested in tests/test_strategies.py).
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -218,8 +220,8 @@ def layer_counts(built: Built) -> dict[str, int]:
     bb = built.backbone.layers
     frozen = sum(1 for layer in bb if not (layer.trainable and built.backbone.trainable))
     head = sum(1 for layer in built.head_layers if layer.weights)
-    params_trainable = sum(int(_size(w)) for w in built.model.trainable_weights)
-    params_frozen = sum(int(_size(w)) for w in built.model.non_trainable_weights)
+    params_trainable = sum(_size(w) for w in built.model.trainable_weights)
+    params_frozen = sum(_size(w) for w in built.model.non_trainable_weights)
     return {
         "backbone_layers": len(bb),
         "backbone_frozen": frozen,
@@ -233,10 +235,7 @@ def layer_counts(built: Built) -> dict[str, int]:
 
 
 def _size(w: Any) -> int:
-    n = 1
-    for d in w.shape:
-        n *= int(d)
-    return n
+    return math.prod(int(d) for d in w.shape)
 
 
 def compile_stage(built: Built, stage: Stage, *, jit_compile: bool = False) -> Any:
@@ -269,14 +268,6 @@ def describe(built: Built) -> dict[str, Any]:
         "weights_note": built.weights_note,
         "backbone_training_arg": p.backbone_training_arg,
         "head": list(p.head),
-        "stages": [
-            {
-                "name": s.name,
-                "until_epoch": s.until_epoch,
-                "backbone_trainable": s.backbone_trainable,
-                "backbone_lr_factor": s.backbone_lr_factor,
-            }
-            for s in p.stages
-        ],
+        "stages": [dataclasses.asdict(s) for s in p.stages],
         "cached_features": p.cached_features,
     }

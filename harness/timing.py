@@ -141,14 +141,9 @@ def time_calls(
     ``fn`` must return only once its work is done (e.g. ``predict_on_batch``, which returns
     host arrays).
     """
-    warm = []
-    for _ in range(warmup):
+    times = []
+    for _ in range(warmup + steps):
         t0 = time.perf_counter()
         fn()
-        warm.append(time.perf_counter() - t0)
-    measured = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        fn()
-        measured.append(time.perf_counter() - t0)
-    return warm, measured
+        times.append(time.perf_counter() - t0)
+    return times[:warmup], times[warmup:]

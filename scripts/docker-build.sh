@@ -36,17 +36,18 @@ if [[ -x /usr/bin/docker ]]; then DOCKER=/usr/bin/docker; else DOCKER="$(command
 BASE_ID="$("$DOCKER" image inspect -f '{{.Id}}' "$BASE" 2>/dev/null)" \
     || { echo "docker-build: base image '$BASE' not found; run scripts/docker-setup.sh or pass --base" >&2; exit 2; }
 
-# The CA bundle pip uses on the host, for pip inside the build (TLS interception).
-for ca in "${PIP_CERT:-}" "${SSL_CERT_FILE:-}" "${REQUESTS_CA_BUNDLE:-}" /etc/ssl/certs/ca-certificates.crt; do
-    if [[ -n $ca && -f $ca ]]; then
-        mkdir -p .docker-ca
-        cmp -s "$ca" .docker-ca/ca-certificates.crt || cp "$ca" .docker-ca/ca-certificates.crt
-        break
-    fi
-done
+# The CA bundle for pip inside the build, and the commit with the same '+dirty' rule that
+# runs record: the harness's own functions (standard library only, no install needed).
+COMMIT="$(PYTHONPATH=. python3 - <<'EOF'
+from pathlib import Path
 
-COMMIT="$(git rev-parse HEAD 2>/dev/null || true)"
-[[ -n $COMMIT && -n "$(git status --porcelain 2>/dev/null)" ]] && COMMIT="$COMMIT-dirty"
+from harness.container import host_ca_bundle, stage_ca_bundle
+from harness.env import git_commit
+
+stage_ca_bundle(Path("."), host_ca_bundle())
+print(git_commit(Path(".")) or "")
+EOF
+)"
 
 # BuildKit: built into clients before 23.0 (Debian's 20.10); later ones need the buildx plugin.
 # Override with DOCKER_BUILDKIT=0/1.

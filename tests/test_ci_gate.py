@@ -34,8 +34,9 @@ def test_smoke_run_passes_the_committed_baseline(
 
 
 def test_bench_all_ends_with_the_comparison_and_the_report(smoke_run_dir: Path) -> None:
-    # The smoke fixture ran plain `bench all`, which compares and reports at its end.
+    # The smoke fixture ran plain `bench all`, which compares and reports at its end,
+    # with the committed baseline: the report names it and carries the delta plot.
     report = smoke_run_dir / "report" / "report.md"
-    assert report.is_file()
-    assert "baseline" in report.read_text().lower()
-    assert any((smoke_run_dir / "report" / "plots").glob("*.png"))
+    baseline_run = json.loads((REPO / "reports" / "baselines" / "smoke.json").read_text())["run_id"]
+    assert f"Baseline: run `{baseline_run}`" in report.read_text()
+    assert (smoke_run_dir / "report" / "plots" / "baseline_deltas.png").is_file()

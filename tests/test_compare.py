@@ -245,6 +245,10 @@ def test_after_run_without_and_with_baseline(tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.err.count("\n") == 1 and "schema 99 is not supported" in captured.err
     assert (bad / "report" / "report.md").is_file()
+    # An explicit --baseline that does not exist is bad input, never "no baseline".
+    assert compare.after_run(bad, baseline_path=tmp_path / "typo.json") == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "typo.json: no such file" in captured.err
 
 
 def test_unknown_hardware_identity_is_not_gated(tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import env
+from harness import container, env
 
 REPO = Path(__file__).resolve().parent.parent
 KEYS = {
@@ -36,12 +36,20 @@ def test_fingerprint_has_the_contract_keys(monkeypatch: pytest.MonkeyPatch) -> N
     assert "container.image_id" not in ident and ident["cpu.count"] == fp["cpu"]["count"]
 
 
-def test_container_provenance_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_container_provenance_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("BENCH_IMAGE_ID", "sha256:abc")
     monkeypatch.setenv("BENCH_IMAGE_DIGEST", "repo@sha256:def")
-    info = env.container_info()
+    # On the host (no image.json) an exported image id does not make it a container.
+    assert env.container_info(tmp_path / "absent.json") is None
+    image_json = tmp_path / "image.json"
+    monkeypatch.setenv("BENCH_BUILD_GIT_COMMIT", "abc123")
+    container.write_image_provenance(image_json)
+    info = env.container_info(image_json)
     assert info is not None
     assert info["image_id"] == "sha256:abc" and info["image_digest"] == "repo@sha256:def"
+    assert info["build"]["git_commit"] == "abc123" and "pip_freeze" not in info["build"]
     assert env.fingerprint("jax")["backend"] == "jax"
 
 

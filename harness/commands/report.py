@@ -31,14 +31,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     run_dir = baseline.resolve_run_dir(args.run)
     info = results.read_run(run_dir)
-    path = args.baseline or baseline.default_path(info.profile)
+    base = compare.find_baseline(info.profile, args.baseline)
     comparison = None
-    if args.baseline is not None or path.is_file():
-        comparison = compare.compare_run(run_dir, path)
+    if base is not None:
+        cells = results.read_cells(run_dir)
+        comparison = compare.compare_cells(info, cells, base, baseline_path=base.path)
     out = report.write_report(run_dir, comparison=comparison, out_dir=args.out)
     print(f"report: {out}")
     if comparison is not None:
         print(comparison.summary())
     else:
-        print(f"no baseline for profile {info.profile} ({path})")
+        print(f"no baseline for profile {info.profile} ({baseline.default_path(info.profile)})")
     return 0
