@@ -359,13 +359,14 @@ def _parse_regime(f: _Fields) -> dict[str, str]:
 def _parse_weights(name: str, f: _Fields) -> WeightsEntry:
     source = _parse_source(f.sub("source"), allowed=("https", "file"))
     assert isinstance(source, HttpsSource | FileSource)
-    sha256 = source.sha256 or _hexdigest(f, "sha256", 64)
-    size = source.size if source.size is not None else _size(f)
+    for key in ("sha256", "size"):  # one place for pins, where `bench data pin` writes them
+        if key in f.obj:
+            f.fail(f"move it into {f.where}.source (where `bench data pin` records it)", key)
     return WeightsEntry(
         name=name,
         source=source,
-        sha256=sha256,
-        size=size,
+        sha256=source.sha256,
+        size=source.size,
         architecture=dict(f.req("architecture", dict)),
         pretrained_on=f.req("pretrained_on", str),
         description=f.opt("description", str, ""),

@@ -10,7 +10,6 @@ of the prepared data it was trained on.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import time
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from harness import __version__, jsonio
+from harness.datasets.hashing import hash_file
 from harness.errors import InputError
 
 SIDECAR_KIND = "transfer-bench.pretrain"
@@ -121,14 +121,6 @@ def _arrays(split: Any, limit: int | None = None) -> tuple[np.ndarray, np.ndarra
     return np.asarray(split.images[:n], dtype=np.float32), np.asarray(split.labels[:n])
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def check_out(out: Path) -> None:
     """Keras saves weights only to ``*.weights.h5``: refuse another name before training."""
     if not Path(out).name.endswith(WEIGHTS_SUFFIX):
@@ -189,7 +181,8 @@ def pretrain(config: PretrainConfig, out: Path, *, verbose: int = 2) -> Pretrain
         test_acc = float(model.evaluate(x_test, y_test, batch_size=256, verbose=0)[1])
 
     save_backbone(backbone, out)
-    sha, size = sha256_file(out), out.stat().st_size
+    written = hash_file(out)
+    sha, size = written.sha256, written.size
     seconds = time.perf_counter() - started
     sidecar = sidecar_path(out)
     jsonio.write_json(

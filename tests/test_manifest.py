@@ -197,3 +197,18 @@ def test_derivation_cycle_is_refused(home: Path, capsys: pytest.CaptureFixture[s
     write_manifest(home, {"x": derived("y"), "y": derived("x")})
     code, _, err = run_cli(capsys, "data", "list")
     assert code == 2 and "derivation cycle" in err and err.count("\n") == 1
+
+
+def test_weights_pins_live_in_the_source_only(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    arch = {"model": "mobilenet_v2", "alpha": 1.0, "input_size": 224, "include_top": False}
+    source = {"type": "file", "path": "data/weights/w.h5", "sha256": "a" * 64, "size": 3}
+    entry = {"source": source, "architecture": arch, "pretrained_on": "imagenet"}
+    write_manifest(home, {}, {"w": entry})
+    assert load_manifest().weight("w").sha256 == "a" * 64
+    # A second copy beside the source would drift from what `bench data pin` updates.
+    write_manifest(home, {}, {"w": {**entry, "sha256": "b" * 64}})
+    code, _, err = run_cli(capsys, "data", "list")
+    assert code == 2 and err.count("\n") == 1
+    assert "manifest.weights.w.sha256: move it into manifest.weights.w.source" in err, err

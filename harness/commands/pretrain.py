@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from harness import paths
+from harness.datasets.weights import weights_path
 from harness.errors import InputError
 
 
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
                 f"weights {args.name!r} is not a file in the repository (source "
                 f"{type(entry.source).__name__}): pass --out PATH"
             )
-        out = paths.project_root() / entry.source.path
+        out = weights_path(entry)
     overrides = {
         k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size)) if v is not None
     }
@@ -78,8 +78,7 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"wrote {result.weights} ({result.size} bytes) and {result.sidecar}")
     print(f"sha256 {result.sha256}")
-    print(
-        f"to pin: set weights.{args.name}.sha256 = {result.sha256!r} and .size = {result.size} "
-        f"in data/manifest.json, or run `bench data pin {args.name}`"
-    )
+    home = weights_path(entry)
+    copy = "" if out.resolve() == home.resolve() else f"copy it to {home}, then "
+    print(f"to pin: {copy}run `bench data pin {args.name}`")
     return 0
