@@ -24,7 +24,8 @@
 ARG BASE_IMAGE=transfer-bench-base:bookworm
 
 # --- deps: the virtual environment with every dependency, but not the harness itself -----
-# Changes only when pyproject.toml or TF_EXTRA change, so code edits reuse this layer.
+# Changes only when pyproject.toml, TF_EXTRA, BASE_IMAGE or the CA bundle change, so code
+# edits reuse this layer.
 FROM ${BASE_IMAGE} AS deps
 ARG TF_EXTRA=cuda
 ENV PIP_NO_CACHE_DIR=1 \
