@@ -11,10 +11,8 @@ Each is checked on every dataset of the matching regime and stated as ``held``,
 ``did not hold`` or ``not enough data`` — never asserted without the numbers.
 "Competitive" means within the profile's accuracy tolerance (``accuracy_points``).
 
-A dataset's regime comes, in order, from: ``cell.config["regime"]`` (as the runner
-resolves it from the matrix), ``cell.extra["regime"]``, the manifest entry's
-``"regime"`` field. A regime is a dict ``{"data": "small"|"big", "domain":
-"similar"|"different"}`` or a string like ``"small-similar"``. Failing that it is
+A dataset's regime is the manifest entry's validated ``regime``
+(``{"data": "small"|"big", "domain": "similar"|"different"}``). Without one it is
 derived: data size from the train split (``< SMALL_TRAIN_IMAGES`` images is small),
 domain "different" when the dataset is single-channel (grayscale) while the
 pretrained weights are not — a weak heuristic, stated as "derived" in the report.
@@ -116,38 +114,17 @@ class Findings:
     tolerance_points: float
 
 
-def _parse_regime(value: Any, source: str) -> Regime | None:
-    if isinstance(value, dict):
-        data, domain = value.get("data") or value.get("size"), value.get("domain")
-    elif isinstance(value, str):
-        parts = value.replace("_", "-").replace(" ", "-").lower().split("-")
-        data = next((p for p in parts if p in ("small", "big", "large")), None)
-        domain = next((p for p in parts if p in ("similar", "different")), None)
-    else:
-        return None
-    data = "big" if data == "large" else data
-    if data not in ("small", "big", None) or domain not in ("similar", "different", None):
-        return None
-    return Regime(data, domain, source)
-
-
 def regime_of(
     dataset: str,
     cells: list[CellResult],
     manifest_entry: Any | None = None,
 ) -> Regime:
-    """The regime of ``dataset``: from its cells' config, the manifest, or derived (module doc)."""
-    for c in cells:
-        for where, container in (("config", c.config), ("cell extra", c.extra)):
-            found = _parse_regime(container.get("regime"), where) if container else None
-            if found is not None:
-                return found
-    raw = getattr(manifest_entry, "raw", None) or {}
-    found = _parse_regime(raw.get("regime"), "manifest")
-    if found is not None:
-        return found
+    """The regime of ``dataset``: declared in the manifest, or derived (module doc)."""
+    declared = getattr(manifest_entry, "regime", None)
+    if declared:
+        return Regime(declared["data"], declared["domain"], "manifest")
     train = _train_images(cells, manifest_entry)
-    channels = _channels(cells, manifest_entry)
+    channels = getattr(manifest_entry, "channels", None)
     data = None if train is None else ("small" if train < SMALL_TRAIN_IMAGES else "big")
     domain = None
     if channels is not None:
@@ -162,40 +139,15 @@ def regime_of(
 
 
 def _train_images(cells: list[CellResult], entry: Any | None) -> int | None:
+    """What the runner actually trained on, else the manifest's train split size."""
     for c in cells:
         effective = c.config.get("effective")
         if isinstance(effective, dict) and isinstance(effective.get("train_examples"), int):
-            return effective["train_examples"]  # what the runner actually trained on
-        for key in ("train_examples", "train_images", "train_size"):
-            if isinstance(c.config.get(key), int):
-                return c.config[key]
-        splits = c.config.get("splits")
-        if isinstance(splits, dict) and isinstance(splits.get("train"), int):
-            return splits["train"]
+            return effective["train_examples"]
     splits = getattr(entry, "splits", None)
     if isinstance(splits, dict) and isinstance(splits.get("train"), int):
         return splits["train"]
     return None
-
-
-def _channels(cells: list[CellResult], entry: Any | None) -> int | None:
-    for c in cells:
-        if isinstance(c.config.get("channels"), int):
-            return c.config["channels"]
-    channels = getattr(entry, "channels", None)
-    return channels if isinstance(channels, int) else None
-
-
-def strategy_label(cell: CellResult) -> str:
-    """The strategy as ranked: a pretrained strategy run without weights is ``<name>-random``.
-
-    Such a cell (``config["weights"] == "none"``) says nothing about transfer, so it must
-    not count as, say, feature extraction from pretrained weights in the rules of thumb.
-    """
-    s = cell.strategy
-    if s != SCRATCH and cell.config.get("weights") == "none" and not s.endswith("-random"):
-        return f"{s}-random"
-    return s
 
 
 def _metric(cells: list[CellResult]) -> tuple[str, str]:
@@ -212,7 +164,7 @@ def rank(dataset: str, cells: list[CellResult], regime: Regime) -> DatasetFindin
     for c in cells:
         value = getattr(c, attr)
         if c.ok and value is not None:
-            by_strategy[strategy_label(c)].append(100.0 * float(value))
+            by_strategy[c.strategy].append(100.0 * float(value))
     scores = sorted(
         (StrategyScore(s, statistics.fmean(v), len(v)) for s, v in by_strategy.items()),
         key=lambda s: (-s.accuracy, s.strategy),

@@ -77,8 +77,8 @@ def matrix_rows(cells: list[CellResult]) -> list[list[Any]]:
         rows.append(
             [
                 c.dataset,
-                findings_mod.strategy_label(c),
-                findings_mod.EXPERIMENT_NAMES.get(findings_mod.strategy_label(c), ""),
+                c.strategy,
+                findings_mod.EXPERIMENT_NAMES.get(c.strategy, ""),
                 c.precision,
                 c.seed,
                 _pct(c.best_train_accuracy),
@@ -119,11 +119,10 @@ MATRIX_HEADERS = (
 
 def pivot_rows(cells: list[CellResult]) -> tuple[list[str], list[list[str]]]:
     """The experiment's summary table: dataset rows × strategy columns, "train / val %"."""
-    label = findings_mod.strategy_label
-    strategies = sorted({label(c) for c in cells}, key=plots.strategy_key)
+    strategies = sorted({c.strategy for c in cells}, key=plots.strategy_key)
     table: dict[str, dict[str, list[CellResult]]] = defaultdict(lambda: defaultdict(list))
     for c in cells:
-        table[c.dataset][label(c)].append(c)
+        table[c.dataset][c.strategy].append(c)
     rows = []
     for dataset in sorted(table):
         row = [dataset]
@@ -197,7 +196,8 @@ def _findings_section(f: findings_mod.Findings) -> list[str]:
         "Dataset regimes (and where they came from). A *derived* regime is a heuristic "
         f"(fewer than {findings_mod.SMALL_TRAIN_IMAGES} train images = small data; a grayscale "
         "dataset = different domain from the colour pretraining source); a `regime` field "
-        '(e.g. `"big-similar"`) in the dataset\'s manifest entry overrides it.'
+        '(e.g. `{"data": "big", "domain": "similar"}`) in the dataset\'s manifest entry '
+        "overrides it."
     )
     out.append("")
     out.append(tabulate(regimes, headers=["dataset", "data", "domain", "from"], tablefmt="github"))
@@ -335,12 +335,12 @@ def render_markdown(
 
 
 def _load_manifest() -> Any | None:
-    """The manifest, if one can be read (only used to derive dataset regimes)."""
+    """The manifest, if one can be read (only used for dataset regimes)."""
     from harness.manifest import load_manifest
 
     try:
         return load_manifest()
-    except (BenchError, OSError):  # no manifest here: regimes fall back to the cells' config
+    except (BenchError, OSError):  # no manifest here: regimes are derived from the cells
         return None
 
 
