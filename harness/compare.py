@@ -38,7 +38,7 @@ from typing import Any
 from tabulate import tabulate
 
 from harness import baseline as baseline_mod
-from harness import jsonio, results
+from harness import env, jsonio, results
 from harness.baseline import Baseline
 from harness.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, BenchError, InputError
 from harness.results import CellResult, RunInfo, Throughput
@@ -153,6 +153,9 @@ class Comparison:
     hardware_differences: dict[str, tuple[Any, Any]]  # key -> (baseline, run)
     environment_differences: dict[str, tuple[Any, Any]]
     cells: tuple[CellComparison, ...] = field(default=())
+    # What differs in what decides reproducibility (lock, packages, numpy SIMD/BLAS, CPU
+    # numerics flags, threads, dirty checkout), in words: env.reproducibility_differences.
+    reproducibility_differences: tuple[str, ...] = field(default=())
 
     def count(self, verdict: str) -> int:
         return sum(1 for c in self.cells if c.verdict == verdict)
@@ -219,10 +222,16 @@ def hardware_differences(base_env: dict[str, Any], run_env: dict[str, Any]) -> d
     return out
 
 
+# Fingerprint keys too long to list one by one: summarised by reproducibility_differences.
+SUMMARISED_ENV_PREFIXES: tuple[str, ...] = ("packages.", "git_dirty_paths")
+
+
 def environment_differences(base_env: dict[str, Any], run_env: dict[str, Any]) -> dict[str, Any]:
-    """Every fingerprint key whose value differs (for display; not used to gate)."""
+    """Every fingerprint key whose value differs (for display; not used to gate), but the
+    installed-package list, which :func:`harness.env.reproducibility_differences` sums up."""
     fb, fr = flatten(base_env), flatten(run_env)
-    return {k: (fb.get(k), fr.get(k)) for k in sorted(set(fb) | set(fr)) if fb.get(k) != fr.get(k)}
+    keys = [k for k in sorted(set(fb) | set(fr)) if not k.startswith(SUMMARISED_ENV_PREFIXES)]
+    return {k: (fb.get(k), fr.get(k)) for k in keys if fb.get(k) != fr.get(k)}
 
 
 def effective_tolerances(info: RunInfo, base: Baseline) -> dict[str, float]:
@@ -397,6 +406,9 @@ def compare_cells(
         hardware_differences=hw,
         environment_differences=environment_differences(base.environment, info.environment),
         cells=tuple(out),
+        reproducibility_differences=tuple(
+            env.reproducibility_differences(base.environment, info.environment)
+        ),
     )
 
 
@@ -473,7 +485,13 @@ def render_table(comparison: Comparison, tablefmt: str = "simple") -> str:
         f"throughput {comparison.tolerances['throughput_relative'] * 100:g}% "
         "+ half of each side's relative IQR; 'ng' = not gated"
     )
-    return "\n".join([table, "", legend, comparison.environment_line(), comparison.summary()])
+    lines = [table, "", legend, comparison.environment_line()]
+    if comparison.reproducibility_differences:
+        lines.append(
+            "differs from the baseline's environment (results may differ in the last bits):"
+        )
+        lines += [f"  {line}" for line in comparison.reproducibility_differences]
+    return "\n".join([*lines, comparison.summary()])
 
 
 def render_json(comparison: Comparison) -> str:

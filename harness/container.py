@@ -21,7 +21,6 @@ import hashlib
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -396,15 +395,11 @@ def _silence_broken_stdout(out: IO[bytes]) -> None:
 
 
 def pip_freeze() -> list[str]:
-    """``pip freeze --all`` of this interpreter, sorted: the image's exact package set."""
-    result = subprocess.run(
-        [sys.executable, "-m", "pip", "freeze", "--all"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-    )
-    return sorted(line for line in result.stdout.splitlines() if line.strip())
+    """``name==version`` of every installed distribution, sorted: the image's exact package
+    set (read from the package metadata, so it works in venvs made without pip, e.g. by uv)."""
+    from harness.env import installed_distributions
+
+    return [f"{name}=={version}" for name, version in installed_distributions().items()]
 
 
 def write_image_provenance(

@@ -227,6 +227,14 @@ def _baseline_section(comparison: Comparison | None, profile: str, plot: str | N
         tabulate(rows, headers=TABLE_HEADERS, tablefmt="github"),
         "",
     ]
+    if comparison.reproducibility_differences:
+        out += [
+            "What differs from the baseline's environment in what decides reproducibility "
+            "(same machine type and lock: bit-identical on CPU; otherwise within tolerance):",
+            "",
+            *[f"- {_cell(line)}" for line in comparison.reproducibility_differences],
+            "",
+        ]
     if comparison.environment_differences:
         diff = [
             [k, _cell(str(b)), _cell(str(r))]

@@ -15,6 +15,8 @@ REPO = Path(__file__).resolve().parent.parent
 KEYS = {
     "harness_version", "git_commit", "python", "platform", "keras", "backend", "tensorflow",
     "jax", "torch", "cuda", "cudnn", "gpu", "cpu", "container", "manifest_digest",
+    # what decides whether results are bit-identical (issue 7)
+    "lock", "packages", "packages_digest", "numpy", "threads", "git_dirty", "git_dirty_paths",
 }  # fmt: skip
 
 
@@ -69,3 +71,49 @@ def test_bench_env_prints_the_fingerprint(run_bench) -> None:  # type: ignore[no
     proc = run_bench("env")
     assert proc.returncode == 0
     assert set(json.loads(proc.stdout)) == KEYS
+
+
+def test_fingerprint_records_the_lock_and_every_installed_version() -> None:
+    import hashlib
+    import importlib.metadata
+
+    fp = env.fingerprint()
+    lock = REPO / "uv.lock"
+    assert fp["lock"] == {
+        "digest": hashlib.sha256(lock.read_bytes()).hexdigest(),
+        "path": str(lock),
+    }
+    # numpy and Pillow decide synthetic data and decoding: their versions must be there.
+    assert fp["packages"]["numpy"] == importlib.metadata.version("numpy")
+    assert fp["packages"]["pillow"] == importlib.metadata.version("pillow")
+    assert fp["numpy"]["version"] == importlib.metadata.version("numpy")
+    simd = fp["numpy"]["simd"]
+    assert simd["baseline"] and set(simd["dispatch_found"]).isdisjoint(simd["dispatch_missing"])
+    assert fp["numpy"]["blas"] and fp["numpy"]["blas"][0]["internal_api"]
+    assert set(fp["cpu"]["numerics_flags"]) <= set(env.NUMERICS_FLAGS)
+    assert set(env.THREAD_VARS) <= set(fp["threads"]) and fp["threads"]["affinity_cpus"] >= 1
+    assert fp["git_dirty"] in (True, False, None)
+
+
+def test_reproducibility_differences_name_what_changed() -> None:
+    base = env.fingerprint()
+    base["git_dirty"] = False
+    run = json.loads(json.dumps(base))
+    assert env.reproducibility_differences(base, run) == []
+    run["lock"]["digest"] = "f" * 64
+    run["packages"]["numpy"] = "9.9.9"
+    run["packages"]["extra-pkg"] = "1.0"
+    run["cpu"]["numerics_flags"] = [*base["cpu"]["numerics_flags"], "amx_bf16"]
+    run["numpy"]["simd"]["dispatch_found"] = [*base["numpy"]["simd"]["dispatch_found"], "X"]
+    run["threads"]["OMP_NUM_THREADS"] = "1"
+    run["git_dirty"] = True
+    lines = env.reproducibility_differences(base, run)
+    text = "\n".join(lines)
+    assert f"lock digest: {str(base['lock']['digest'])[:12]} -> ffffffffffff" in text
+    assert f"numpy {base['packages']['numpy']} -> 9.9.9" in text and "+extra-pkg 1.0" in text
+    assert "CPU numerics flags: only baseline -, only run ['amx_bf16']" in text
+    assert "numpy SIMD dispatch" in text and "OMP_NUM_THREADS None -> 1" in text
+    assert "run dirty" in text
+    # A fingerprint from before these keys existed says so instead of inventing a change.
+    old = {k: v for k, v in base.items() if k not in ("lock", "packages", "numpy", "threads")}
+    assert "lock digest: not recorded on one side" in env.reproducibility_differences(old, run)
