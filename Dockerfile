@@ -24,30 +24,35 @@
 ARG BASE_IMAGE=transfer-bench-base:bookworm
 
 # --- deps: the virtual environment with every dependency, but not the harness itself -----
-# Changes only when pyproject.toml, TF_EXTRA, BASE_IMAGE or the CA bundle change, so code
-# edits reuse this layer.
+# Installed from uv.lock, hash-checked (pip --require-hashes), with the TensorFlow flavour's
+# extra: the same versions as `scripts/bench` and `scripts/test` install on a host. uv (the
+# version pyproject.toml's [tool.uv] required-version pins) only exports the locked set and
+# is not kept. Changes only when pyproject.toml, uv.lock, TF_EXTRA, BASE_IMAGE or the CA
+# bundle change, so code edits reuse this layer.
 FROM ${BASE_IMAGE} AS deps
 ARG TF_EXTRA=cuda
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_DEFAULT_TIMEOUT=180 \
-    PYTHONDONTWRITEBYTECODE=1
+    PYTHONDONTWRITEBYTECODE=1 \
+    UV_PYTHON_DOWNLOADS=never
 WORKDIR /build
 # The wildcard lets the build go on when .docker-ca/ is absent (machines without TLS
-# interception); pyproject.toml always matches.
-COPY pyproject.toml .docker-ca* /build/
+# interception); pyproject.toml and uv.lock always match.
+COPY pyproject.toml uv.lock .docker-ca* /build/
 RUN set -eu; \
     case "$TF_EXTRA" in cpu|cuda) ;; \
       *) echo "TF_EXTRA must be cpu or cuda, got '$TF_EXTRA'" >&2; exit 2;; esac; \
-    if [ -s /build/ca-certificates.crt ]; then export PIP_CERT=/build/ca-certificates.crt; fi; \
+    if [ -s /build/ca-certificates.crt ]; then \
+      export PIP_CERT=/build/ca-certificates.crt SSL_CERT_FILE=/build/ca-certificates.crt; fi; \
+    uv_version="$(sed -n 's/^required-version = "==\(.*\)"$/\1/p' pyproject.toml)"; \
+    python3 -m venv /build/uv; \
+    /build/uv/bin/pip install -q "uv==$uv_version"; \
+    /build/uv/bin/uv export --frozen --no-emit-project --no-default-groups --group build \
+      --extra "tf-$TF_EXTRA" --format requirements-txt -o requirements.txt; \
     python3 -m venv /opt/venv; \
-    /opt/venv/bin/python -c "import sys, tomllib; \
-p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-print('\n'.join(p['dependencies'] + p['optional-dependencies']['tf-' + sys.argv[1]]))" \
-      "$TF_EXTRA" > requirements.txt; \
-    cat requirements.txt; \
-    /opt/venv/bin/pip install --upgrade pip 'setuptools>=69' wheel; \
-    /opt/venv/bin/pip install -r requirements.txt; \
+    /opt/venv/bin/pip install --require-hashes --no-deps -r requirements.txt; \
+    /opt/venv/bin/pip check; \
     rm -rf /build
 
 # --- final image -------------------------------------------------------------------------
@@ -79,6 +84,9 @@ ENV VIRTUAL_ENV=/opt/venv \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 COPY --from=deps /opt/venv /opt/venv
+
+# The lock the venv came from: every run's fingerprint records its digest.
+COPY uv.lock /etc/transfer-bench/uv.lock
 
 # The harness itself: a small layer (no network needed: deps and setuptools are in the venv).
 COPY pyproject.toml README* LICENSE* /tmp/src/
