@@ -4,18 +4,40 @@ Each subcommand lives in its own module under :mod:`harness.commands` and expose
 ``register(subparsers)``, which adds its parser and sets ``func(args) -> int``.
 Errors a user can cause are :class:`~harness.errors.BenchError`: printed as one line,
 exit code from the error, no traceback unless ``--debug`` (or ``BENCH_DEBUG=1``).
+
+:func:`main` is also the last line of defence, so that every fault ends as one line and
+a known exit code (:data:`EXIT_CODES`): a file-system error on a named path that no
+command caught is bad input (2); anything else is a bug (3, "internal error"); SIGINT
+and SIGTERM end the command through its ``finally`` blocks (130, 143); a reader that
+closed our stdout (``bench list | head -1``) ends it quietly with 141, as a process
+killed by SIGPIPE would (the shell's convention, and what ``bench docker run`` returns).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
+import select
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
 
-from harness import __version__
-from harness.errors import EXIT_BAD_INPUT, BenchError
+from harness import __version__, fsio
+from harness.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_BROKEN_PIPE,
+    EXIT_FAILURE,
+    EXIT_INTERNAL,
+    EXIT_OK,
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+    BenchError,
+    Terminated,
+)
 
 # One module per subcommand group, registered in this order (the order of --help).
 COMMAND_MODULES: tuple[str, ...] = (
@@ -24,9 +46,32 @@ COMMAND_MODULES: tuple[str, ...] = (
     "harness.commands.compare",
     "harness.commands.baseline",
     "harness.commands.report",
+    "harness.commands.history",
     "harness.commands.pretrain",
     "harness.commands.docker",
 )
+
+
+EXIT_CODES: tuple[tuple[int, str], ...] = (
+    (EXIT_OK, "all good"),
+    (EXIT_FAILURE, "a regression was found or a cell failed"),
+    (
+        EXIT_BAD_INPUT,
+        "bad usage or bad input (arguments, matrix, manifest, data, baseline, "
+        "a run folder in use, a file system that refuses a read or write)",
+    ),
+    (EXIT_INTERNAL, "an internal error: a bug in the harness (rerun with --debug)"),
+    (EXIT_SIGINT, "interrupted (SIGINT, Ctrl-C); bench all prints how to resume"),
+    (EXIT_SIGTERM, "terminated (SIGTERM, e.g. docker stop); bench all prints how to resume"),
+    (EXIT_BROKEN_PIPE, "the reader of the output went away (e.g. bench list | head -1)"),
+)
+
+
+def _epilog() -> str:
+    lines = ["exit codes:"]
+    lines += [f"  {code:<4} {meaning}" for code, meaning in EXIT_CODES]
+    lines.append("Errors are one line; --debug (or BENCH_DEBUG=1) shows the traceback.")
+    return "\n".join(lines)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="bench",
         description="transfer-bench: reproducible transfer-learning benchmarks on images.",
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"transfer-bench {__version__}")
     parser.add_argument(
@@ -59,15 +106,88 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with _sigterm_raises():
+            code = int(args.func(args) or 0)
+            sys.stdout.flush()  # a closed pipe shows up here, not in the exit-time flush
+        return code
+    except BrokenPipeError:
+        if not _stdout_gone():
+            return _internal(args, sys.exc_info()[1])
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except BenchError as exc:
         if args.debug:
             raise
-        print(f"bench: error: {exc.message}", file=sys.stderr)
+        _say(f"bench: error: {exc.message}")
         return exc.exit_code
     except KeyboardInterrupt:
-        print("bench: interrupted", file=sys.stderr)
-        return 130
+        _say("bench: interrupted")
+        return EXIT_SIGINT
+    except Terminated:
+        _say("bench: terminated (SIGTERM)")
+        return EXIT_SIGTERM
+    except (OSError, UnicodeDecodeError) as exc:
+        if isinstance(exc, OSError) and exc.filename is None:
+            return _internal(args, exc)
+        if args.debug:
+            raise
+        _say(f"bench: error: {fsio.fs_error(exc).message}")  # a path no command guarded
+        return EXIT_BAD_INPUT
+    except Exception as exc:
+        return _internal(args, exc)
+
+
+def _internal(args: argparse.Namespace, exc: BaseException | None) -> int:
+    """A bug: one line naming the exception, exit 3 (the traceback with --debug)."""
+    if args.debug:
+        raise
+    text = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+    _say(
+        f"bench: internal error: {text}; this is a bug in transfer-bench: rerun with --debug "
+        "for the traceback and report it"
+    )
+    return EXIT_INTERNAL
+
+
+def _say(line: str) -> None:
+    with contextlib.suppress(OSError):
+        print(line, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While a command runs, SIGTERM raises :class:`Terminated` in the main thread (like
+    SIGINT raises KeyboardInterrupt), so the command's ``finally`` blocks run."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stdout_gone() -> bool:
+    """Whether our stdout is a pipe whose reader has closed it (POLLERR on the write end)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return True  # no usable stdout: nothing more can be said there anyway
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's exit-time flush stays quiet."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 if __name__ == "__main__":  # pragma: no cover
