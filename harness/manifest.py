@@ -4,7 +4,9 @@
 its source (an https URL, a local archive, a synthetic generator + seed, or a rule that
 derives it from another dataset), its pinned size and hash, the archive layout, class names
 or a class count, split sizes and the digest of the prepared cache per image size.
-:func:`load_manifest` refuses anything malformed with one line naming the file and field.
+:func:`load_manifest` refuses anything malformed with one line naming the file and field,
+including a key given twice anywhere (JSON would silently keep the last copy) and a layout
+path that leads outside the dataset's own folder.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -116,6 +118,8 @@ class DatasetEntry:
     # The transfer-learning regime this dataset stands for, e.g. {"data": "small",
     # "domain": "similar"}; the report's findings check the rules of thumb against it.
     regime: dict[str, str] | None = None
+    # Set when the regime was derived by a rule rather than declared (`bench data add`): why.
+    regime_derived: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     parent_fingerprint: str = ""  # a derived dataset's cache also depends on its parent
 
@@ -133,6 +137,8 @@ class DatasetEntry:
         for volatile in ("size", "sha256", "md5", "url"):
             source.pop(volatile, None)
         keep["source"] = source
+        if "extract" in keep.get("layout", {}):  # bounds on extraction, not what is extracted
+            keep["layout"] = {k: v for k, v in keep["layout"].items() if k != "extract"}
         keep["parent_fingerprint"] = self.parent_fingerprint
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()
 
@@ -322,7 +328,9 @@ def _parse_dataset(name: str, f: _Fields) -> DatasetEntry:
     layout = dict(f.opt("layout", dict, {}))
     if isinstance(source, HttpsSource | LocalSource):
         f.sub("layout").req("format", str)
-    regime = _parse_regime(f.sub("regime")) if "regime" in f.obj else None
+    if layout:
+        _check_layout(f.sub("layout"), splits)
+    regime, regime_derived = _parse_regime(f.sub("regime")) if "regime" in f.obj else (None, None)
     return DatasetEntry(
         name=name,
         source=source,
@@ -335,25 +343,96 @@ def _parse_dataset(name: str, f: _Fields) -> DatasetEntry:
         description=f.opt("description", str, ""),
         license=f.opt("license", str, ""),
         regime=regime,
+        regime_derived=regime_derived,
         raw=f.obj,
     )
+
+
+def _inside_path(f: _Fields, key: str, value: Any) -> str:
+    """A relative path that stays inside the dataset's folder ('.' is the folder itself)."""
+    if not isinstance(value, str) or not value:
+        f.fail(f"expected a relative folder path, got {json.dumps(value)[:60]}", key)
+    posix, windows = PurePosixPath(value), PureWindowsPath(value)
+    if posix.is_absolute() or windows.is_absolute() or windows.drive or value.startswith("~"):
+        f.fail(f"expected a path inside the dataset's folder, got absolute {value!r}", key)
+    if ".." in posix.parts or ".." in windows.parts:
+        f.fail(f"expected a path inside the dataset's folder, got {value!r} (it climbs out)", key)
+    return value
+
+
+_EXTRACT_BOUNDS = {"max_bytes": (int,), "max_members": (int,), "max_ratio": (int, float)}
+
+
+def _check_layout(f: _Fields, splits: dict[str, int]) -> None:
+    """Paths inside the dataset's folder; ``val_from_train`` and ``extract`` well formed."""
+    fmt = f.opt("format", str)
+    if "root" in f.obj:
+        _inside_path(f, "root", f.obj["root"])
+    if fmt == "image-folders" and "splits" in f.obj:
+        dirs = f.sub("splits")
+        for split in dirs.obj:
+            _inside_path(dirs, split, dirs.obj[split])
+    if "val_from_train" in f.obj:
+        if fmt != "image-folders":
+            f.fail(
+                f"only image-folders layouts carve val out of train (this one is {fmt!r})",
+                "val_from_train",
+            )
+        _check_val_from_train(f.sub("val_from_train"), splits)
+        if "splits" in f.obj and "val" in f.obj["splits"]:
+            f.fail("val comes from val_from_train: drop its folder from layout.splits", "splits")
+    if "extract" in f.obj:
+        bounds = f.sub("extract")
+        for key in bounds.obj:
+            if key not in _EXTRACT_BOUNDS:
+                bounds.fail(f"unknown field; expected {sorted(_EXTRACT_BOUNDS)}", key)
+            value = bounds.req(key, _EXTRACT_BOUNDS[key])
+            if value <= 0:
+                bounds.fail(f"expected a number > 0, got {value!r}", key)
+
+
+def _check_val_from_train(f: _Fields, splits: dict[str, int]) -> None:
+    """``{"fraction": 0 < x < 1}`` or ``{"count": n >= 1}`` per class, plus an optional seed."""
+    for key in f.obj:
+        if key not in ("fraction", "count", "seed"):
+            f.fail("unknown field; expected fraction or count, and seed", key)
+    if ("fraction" in f.obj) == ("count" in f.obj):
+        f.fail("give exactly one of fraction (per class, 0 < x < 1) or count (per class)")
+    if "fraction" in f.obj:
+        fraction = f.req("fraction", (int, float))
+        if not 0 < fraction < 1:
+            f.fail(f"expected 0 < fraction < 1, got {fraction!r}", "fraction")
+    else:
+        count = f.req("count", int)
+        if count < 1:
+            f.fail(f"expected a count >= 1, got {count!r}", "count")
+    seed = f.opt("seed", int, 0)
+    if seed < 0:
+        f.fail(f"expected a seed >= 0, got {seed!r}", "seed")
+    for split in ("train", "val"):
+        if split not in splits:
+            f.fail(f"val_from_train needs a {split!r} split in the entry's splits")
 
 
 _REGIME_VALUES = {"data": ("small", "big"), "domain": ("similar", "different")}
 
 
-def _parse_regime(f: _Fields) -> dict[str, str]:
-    """``{"data": small|big, "domain": similar|different}`` (relative to the pretraining data)."""
+def _parse_regime(f: _Fields) -> tuple[dict[str, str], str | None]:
+    """``{"data": small|big, "domain": similar|different}`` (relative to the pretraining data).
+
+    An optional ``"derived"`` string says the values came from a rule (and which), not
+    from someone who knows the data; ``bench data add`` writes it when not told a regime.
+    """
     for key in f.obj:
-        if key not in _REGIME_VALUES:
-            f.fail(f"unknown field; expected {sorted(_REGIME_VALUES)}", key)
+        if key not in (*_REGIME_VALUES, "derived"):
+            f.fail(f"unknown field; expected {sorted(_REGIME_VALUES)} (and 'derived')", key)
     regime = {}
     for key, allowed in _REGIME_VALUES.items():
         value = f.req(key, str)
         if value not in allowed:
             f.fail(f"expected one of {list(allowed)}, got {value!r}", key)
         regime[key] = value
-    return regime
+    return regime, f.opt("derived", str)
 
 
 def _parse_weights(name: str, f: _Fields) -> WeightsEntry:
@@ -389,11 +468,65 @@ def _with_lineage(
     return dataclasses.replace(entry, parent_fingerprint=base.fingerprint)
 
 
+class _Object(dict):
+    """A JSON object that remembers the keys it was given more than once."""
+
+    duplicates: tuple[str, ...] = ()
+
+
+def _object_pairs(pairs: list[tuple[str, Any]]) -> _Object:
+    obj = _Object()
+    dups = []
+    for key, value in pairs:
+        if key in obj:
+            dups.append(key)
+        obj[key] = value
+    obj.duplicates = tuple(dups)
+    return obj
+
+
+def _first_duplicate(node: Any, where: str) -> str | None:
+    """The key path of the first key given twice in one object (document order), if any."""
+    if isinstance(node, _Object):
+        if node.duplicates:
+            return f"{where}.{node.duplicates[0]}"
+        for key, value in node.items():
+            found = _first_duplicate(value, f"{where}.{key}")
+            if found:
+                return found
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found = _first_duplicate(value, f"{where}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def check_duplicate_keys(data: bytes, path: Path) -> None:
+    """Refuse a JSON text with a key given twice in one object, naming the key path."""
+    try:
+        tree = json.loads(data, object_pairs_hook=_object_pairs)
+    except (ValueError, RecursionError):
+        return  # not JSON at all: the reader says so with its own line
+    dup = _first_duplicate(tree, "manifest")
+    if dup:
+        raise InputError(
+            f"{path}: duplicate key {dup}: JSON keeps only the last copy and silently drops "
+            "the other; remove one of them"
+        )
+
+
 def load_manifest(path: Path | None = None) -> Manifest:
     """Read and validate the manifest (default: ``data/manifest.json`` of the project)."""
     path = Path(path) if path is not None else paths.manifest_path()
     obj = jsonio.read_json(path, kind=MANIFEST_KIND, schema=MANIFEST_SCHEMA)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    data = path.read_bytes()
+    check_duplicate_keys(data, path)
+    return parse_manifest(obj, path, hashlib.sha256(data).hexdigest())
+
+
+def parse_manifest(obj: dict[str, Any], path: Path, digest: str = "") -> Manifest:
+    """Validate a manifest's JSON object (already read) into typed records."""
     top = _Fields(obj, "manifest", path)
     datasets_f = top.sub("datasets")
     weights_f = top.sub("weights") if "weights" in obj else _Fields({}, "weights", path)

@@ -7,7 +7,16 @@ output goes to ``logs/<cell-file>.log``. A cell that fails, crashes or is killed
 of memory) is recorded as ``failed`` with its error, and the run goes on.
 
 ``--resume`` reuses the run folder and skips every cell whose result file exists with
-status ``ok`` or ``skipped`` (its file is not touched); failed cells run again.
+status ``ok`` or ``skipped`` and passes validation (its file is not touched); failed and
+unreadable cells run again.
+
+Faults: one process writes to a run folder at a time (:mod:`harness.runlock`; a second
+writer is refused naming the holder's pid). SIGINT/SIGTERM stop the running cell's process
+(terminate, then kill), record nothing for it and end in :class:`~harness.errors.RunStopped`
+(130/143), which the CLI turns into the exact ``--resume`` command. A cell whose result
+cannot be written (full disk) is recorded as failed with the reason; when even that cannot
+be written, the run stops with RunStopped (exit 2). Files are written atomically, so an
+interrupted or refused write leaves the earlier file as it was.
 
 :func:`run_matrix` is the API the CLI (and the lead's baseline gate) calls.
 """
@@ -22,18 +31,28 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from harness import env, paths, results
+from harness import env, fsio, paths, results, runlock
 from harness.backend import BACKENDS
 from harness.cellproc import EVENT_PREFIX
-from harness.errors import InputError
+from harness.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+    FileSystemError,
+    InputError,
+    RunStopped,
+    Terminated,
+)
 from harness.matrix import CellSpec, Matrix
 from harness.progress import RunProgress
 
-_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # whole string (fullmatch): no "x\n"
 
 
 @dataclass(frozen=True)
@@ -96,8 +115,14 @@ def run_matrix(
     dry_run: bool = False,
     allow_unpinned: bool = False,
     progress: RunProgress | None = None,
+    skip_unavailable: bool = False,
 ) -> RunOutcome:
-    """Run ``cells`` (default: all of ``matrix``), each in its own process, into a run folder."""
+    """Run ``cells`` (default: all of ``matrix``), each in its own process, into a run folder.
+
+    The pre-flight (:mod:`harness.preflight`) runs first: it checks every cell still to
+    run and prepares their data once, here; on a problem nothing starts and no run folder
+    is created, unless ``skip_unavailable`` records those cells as skipped.
+    """
     t0 = time.perf_counter()
     backend = check_backend(backend)
     chosen = cells if cells is not None else matrix.cells
@@ -111,30 +136,59 @@ def run_matrix(
             )
         run_id = latest.name
     run_id = run_id or default_run_id(matrix.profile)
-    if not _RUN_ID.match(run_id):
+    if not _RUN_ID.fullmatch(run_id):
         raise InputError(f"--run-id {run_id!r}: use letters, digits, '.', '_' and '-' only")
     run_dir = runs_dir / run_id
+    done = _finished_cells(run_dir, chosen) if resume else set()
+    from harness import preflight
+
+    pre = preflight.run(
+        [c for c in chosen if c.cell_id not in done],
+        backend=backend,
+        dry_run=dry_run,
+        allow_unpinned=allow_unpinned,
+        skip_unavailable=skip_unavailable,
+    )
+    with runlock.hold(run_dir), _stops_resumably(run_id, run_dir):
+        return _run_started(
+            matrix, chosen, run_dir, run_id, pre, done, t0, resume=resume, backend=backend,
+            dry_run=dry_run, allow_unpinned=allow_unpinned, progress=progress,
+        )  # fmt: skip
+
+
+def _run_started(
+    matrix: Matrix,
+    chosen: tuple[CellSpec, ...],
+    run_dir: Path,
+    run_id: str,
+    pre: Any,
+    done: set[str],
+    t0: float,
+    *,
+    resume: bool,
+    backend: str | None,
+    dry_run: bool,
+    allow_unpinned: bool,
+    progress: RunProgress | None,
+) -> RunOutcome:
+    """The run once the pre-flight passed, with the run folder's lock held."""
     info = _start_run(matrix, chosen, run_dir, resume=resume, backend=backend, dry_run=dry_run)
 
     todo: list[CellSpec] = []
     outcomes: list[CellOutcome] = []
     for cell in chosen:
-        existing = run_dir / "cells" / results.cell_filename(cell.cell_id)
-        if resume and existing.is_file():
-            try:
-                status = results.read_cell(existing).status
-            except InputError:
-                status = "unreadable"
-            if status in ("ok", "skipped"):
-                outcomes.append(CellOutcome(cell.cell_id, "resumed", None, None, None))
-                continue
-        todo.append(cell)
+        if cell.cell_id in done:
+            outcomes.append(CellOutcome(cell.cell_id, "resumed", None, None, None))
+        elif cell.cell_id in pre.skipped:
+            outcomes.append(_record_skipped(cell, run_dir, pre.skipped[cell.cell_id], backend))
+        else:
+            todo.append(cell)
 
     own_progress = progress is None
     prog = progress or RunProgress(len(chosen), done=len(outcomes))
     with prog if own_progress else contextlib.nullcontext(prog):
         for o in outcomes:
-            prog.cell_skipped(o.cell_id, "already done (resume)")
+            prog.cell_skipped(o.cell_id, o.error or "already done (resume)")
         for cell in todo:
             outcomes.append(
                 _run_one(
@@ -154,6 +208,55 @@ def run_matrix(
     )
     _write_process_log(run_dir, outcomes)
     return RunOutcome(run_dir, run_id, tuple(outcomes), time.perf_counter() - t0)
+
+
+@contextlib.contextmanager
+def _stops_resumably(run_id: str, run_dir: Path) -> Iterator[None]:
+    """A signal or a run folder that refuses writes, as :class:`RunStopped` (resumable)."""
+    kept = f"finished cells are kept in {run_dir}, the cell that was running is not recorded"
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise RunStopped(
+            f"interrupted (SIGINT): run {run_id} stopped; {kept}",
+            run_id=run_id, run_dir=str(run_dir), exit_code=EXIT_SIGINT,
+        ) from None  # fmt: skip
+    except Terminated:
+        raise RunStopped(
+            f"terminated (SIGTERM): run {run_id} stopped; {kept}",
+            run_id=run_id, run_dir=str(run_dir), exit_code=EXIT_SIGTERM,
+        ) from None  # fmt: skip
+    except FileSystemError as exc:
+        raise RunStopped(
+            f"{exc.message}; run {run_id} stopped (earlier results are unchanged)",
+            run_id=run_id, run_dir=str(run_dir), exit_code=EXIT_BAD_INPUT,
+        ) from exc  # fmt: skip
+
+
+def _finished_cells(run_dir: Path, chosen: tuple[CellSpec, ...]) -> set[str]:
+    """Cells of a resumed run whose result is there with status ok or skipped (not rerun)."""
+    done = set()
+    for cell in chosen:
+        existing = run_dir / "cells" / results.cell_filename(cell.cell_id)
+        if existing.is_file():
+            try:
+                status = results.read_cell(existing).status
+            except InputError:
+                status = "unreadable"
+            if status in ("ok", "skipped"):
+                done.add(cell.cell_id)
+    return done
+
+
+def _record_skipped(cell: CellSpec, run_dir: Path, reason: str, backend: str | None) -> CellOutcome:
+    """A cell the pre-flight set aside (``skip_if_unsupported``, ``--skip-unavailable``)."""
+    from harness.runner import failed_result
+
+    res = failed_result(
+        cell, reason, wall_seconds=0.0, backend_name=backend or "unknown", status="skipped"
+    )
+    results.write_cell(run_dir, res)
+    return CellOutcome(cell.cell_id, "skipped", reason, None, None)
 
 
 def _start_run(
@@ -221,8 +324,10 @@ def _run_one(
     """Run one cell in a child process; record a failure if it dies without a result."""
     result_path = run_dir / "cells" / results.cell_filename(cell.cell_id)
     log_path = run_dir / "logs" / (results.cell_filename(cell.cell_id)[: -len(".json")] + ".log")
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    result_path.unlink(missing_ok=True)  # a failed result being retried
+    with fsio.guard(log_path.parent, "create the log folder"):
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+    with fsio.guard(result_path, "remove the failed result"):
+        result_path.unlink(missing_ok=True)  # a failed result being retried
     if dry_run:  # a dry run runs one short epoch per stage
         from harness.strategies import plan
 
@@ -246,14 +351,22 @@ def _run_one(
     start_seconds = None
     tail: list[str] = []
     envp = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with open(log_path, "w") as log:
+    log_error = ""  # why the log stopped (e.g. the disk filled up); the cell goes on
+    with fsio.guard(log_path, "write"):
+        log = open(log_path, "w", buffering=1)  # noqa: SIM115 (closed below, in finally)
+    proc = None
+    try:
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=envp,
             cwd=os.getcwd(), preexec_fn=_die_with_parent,
         )  # fmt: skip
         assert proc.stdout is not None
         for line in proc.stdout:
-            log.write(line)
+            if not log_error:
+                try:
+                    log.write(line)
+                except OSError as exc:
+                    log_error = fsio.fs_error(exc, log_path, "write").message
             if line.startswith(EVENT_PREFIX):
                 try:
                     ev = json.loads(line[len(EVENT_PREFIX) :])
@@ -266,13 +379,25 @@ def _run_one(
             else:
                 tail = ([*tail, line.rstrip()])[-20:]
         rc = proc.wait()
+    finally:  # also on SIGINT/SIGTERM: the cell's process must not run on
+        if proc is not None:
+            _stop(proc)
+        with contextlib.suppress(OSError):
+            log.close()
     secs = time.perf_counter() - t0
+    unreadable = ""
     if result_path.is_file():
-        res = results.read_cell(result_path)
-        prog.cell_end(cell.cell_id, res.status, res.error)
-        return CellOutcome(cell.cell_id, res.status, res.error, secs, start_seconds)
+        try:
+            res = results.read_cell(result_path)
+        except InputError as exc:  # a result that does not validate is no result
+            unreadable = exc.message
+        else:
+            prog.cell_end(cell.cell_id, res.status, res.error)
+            return CellOutcome(cell.cell_id, res.status, res.error, secs, start_seconds)
     # The process died before writing a result: crash, signal, out-of-memory kill.
-    if rc < 0:
+    if unreadable:
+        why = f"the cell's result does not validate: {unreadable}"
+    elif rc < 0:
         why = f"cell process killed by signal {-rc}"
         if -rc == 9:
             why += " (SIGKILL: out of memory?)"
@@ -280,13 +405,27 @@ def _run_one(
         why = f"cell process exited with status {rc} without a result"
     last = next((t for t in reversed(tail) if t.strip()), "")
     error = f"{why}; last output: {last[:300]}" if last else why
-    error += f" (log: {log_path})"
+    error += f" (log: {log_path}{'; ' + log_error if log_error else ''})"
     from harness.runner import failed_result
 
     res = failed_result(cell, error, wall_seconds=secs, backend_name=backend or "unknown")
     results.write_cell(run_dir, res)
     prog.cell_end(cell.cell_id, "failed", error)
     return CellOutcome(cell.cell_id, "failed", error, secs, start_seconds)
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    """Stop a cell's process if it still runs: SIGTERM, a few seconds' grace, then SIGKILL."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if proc.stdout is not None:
+        with contextlib.suppress(OSError):
+            proc.stdout.close()
 
 
 def _die_with_parent() -> None:

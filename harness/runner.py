@@ -84,11 +84,12 @@ def standins(cell: CellSpec, num_classes: int, n_train: int, n_val: int) -> Cell
 
 
 def load_data(cell: CellSpec, *, allow_unpinned: bool = False) -> CellData:
-    """The prepared splits of a real-data cell, read into memory (generated if synthetic)."""
+    """The prepared splits of a real-data cell, read into memory. Never prepares: the
+    pre-flight did, in the parent; a missing cache is a clear error naming the command."""
     from harness.datasets.loader import open_split
-    from harness.datasets.prepare import ensure_prepared
+    from harness.datasets.prepare import require_prepared
 
-    ensure_prepared(cell.dataset, cell.image_size, allow_unpinned=allow_unpinned)
+    require_prepared(cell.dataset, cell.image_size, allow_unpinned=allow_unpinned)
     train = open_split(cell.dataset, "train", cell.image_size)
     val = open_split(cell.dataset, "val", cell.image_size)
     try:

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
-from harness.errors import EXIT_FAILURE, EXIT_OK
+from harness.errors import EXIT_FAILURE, EXIT_OK, RunStopped
 from harness.matrix import default_profile, load_matrix
+
+# The JSON that `bench list --json` and `bench env` print is versioned like every file.
+LIST_KIND, LIST_SCHEMA = "transfer-bench.matrix", 1
+ENV_KIND, ENV_SCHEMA = "transfer-bench.environment", 1
 
 
 def register(sub: Any) -> None:
@@ -34,6 +39,12 @@ def register(sub: Any) -> None:
             help="build every model at full size, run a couple of steps on random stand-ins",
         )
         p.add_argument("--allow-unpinned", action="store_true", help="accept unpinned inputs")
+        p.add_argument(
+            "--skip-unavailable",
+            action="store_true",
+            help="record cells whose backend, precision or data is not available here as "
+            "skipped (with the reason) instead of stopping before the run (exit 2)",
+        )
 
     p = sub.add_parser("all", help="run every cell of a matrix (each in its own process)")
     run_args(p)
@@ -48,7 +59,15 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--no-compare",
         action="store_true",
-        help="skip the comparison with the stored baseline and the report at the end",
+        help="skip the comparison with the stored baseline and the report at the end "
+        "(the history index is still updated)",
+    )
+    p.add_argument(
+        "--mlflow",
+        metavar="URI",
+        default=None,
+        help="at the end, export the run to MLflow (e.g. sqlite:///mlflow.db or "
+        "http://127.0.0.1:5000; needs the mlflow extra)",
     )
     p.set_defaults(func=cmd_all)
 
@@ -70,16 +89,25 @@ def register(sub: Any) -> None:
 def _run(args: argparse.Namespace, matrix: Any, cells: Any, resume: bool) -> tuple[Path, int]:
     from harness.orchestrate import run_matrix
 
-    outcome = run_matrix(
-        matrix,
-        cells=cells,
-        resume=resume,
-        run_id=args.run_id,
-        runs_dir=args.runs_dir,
-        backend=args.backend,
-        dry_run=args.dry_run,
-        allow_unpinned=args.allow_unpinned,
-    )
+    try:
+        outcome = run_matrix(
+            matrix,
+            cells=cells,
+            resume=resume,
+            run_id=args.run_id,
+            runs_dir=args.runs_dir,
+            backend=args.backend,
+            dry_run=args.dry_run,
+            allow_unpinned=args.allow_unpinned,
+            skip_unavailable=args.skip_unavailable,
+        )
+    except RunStopped as exc:  # a signal or a full disk: say how to resume
+        raise RunStopped(
+            f"{exc.message}; {_resume_hint(args, exc)}",
+            run_id=exc.run_id,
+            run_dir=exc.run_dir,
+            exit_code=exc.exit_code,
+        ) from exc
     n_ok = sum(1 for c in outcome.cells if c.status in ("ok", "resumed"))
     n_skip = sum(1 for c in outcome.cells if c.status == "skipped")
     print(
@@ -91,15 +119,42 @@ def _run(args: argparse.Namespace, matrix: Any, cells: Any, resume: bool) -> tup
     return outcome.run_dir, EXIT_FAILURE if outcome.failed_cells else EXIT_OK
 
 
+def _resume_hint(args: argparse.Namespace, stopped: RunStopped) -> str:
+    """The exact command that completes a stopped run (or why there is none)."""
+    if not (Path(stopped.run_dir) / "run.json").is_file():
+        return "nothing was recorded; start the run again"
+    cmd = ["bench", "all", "--profile", args.profile or default_profile()]
+    only = getattr(args, "only", None) if args.command == "all" else args.cell
+    if only is not None:
+        cmd += ["--only", only]
+    cmd += ["--run-id", stopped.run_id]
+    if args.runs_dir is not None:
+        cmd += ["--runs-dir", str(args.runs_dir)]
+    if args.backend:
+        cmd += ["--backend", args.backend]
+    if getattr(args, "baseline", None) is not None:
+        cmd += ["--baseline", str(args.baseline)]
+    flags = ("dry_run", "allow_unpinned", "skip_unavailable", "no_compare")
+    cmd += [f"--{f.replace('_', '-')}" for f in flags if getattr(args, f, False)]
+    return f"resume with: {shlex.join([*cmd, '--resume'])}"
+
+
 def cmd_all(args: argparse.Namespace) -> int:
-    """Run the matrix, then compare with the stored baseline and write the report."""
+    """Run the matrix, then the end-of-run pipeline (harness.pipeline): compare with the
+    stored baseline, write the report, update the history index, export to MLflow if asked."""
     matrix = load_matrix(args.profile or default_profile())
     run_dir, code = _run(args, matrix, matrix.select(args.only), args.resume)
-    if args.dry_run or args.no_compare:
+    if args.dry_run:
         return code
-    from harness.compare import after_run
+    from harness.pipeline import end_of_run
 
-    return max(code, after_run(run_dir, baseline_path=args.baseline))
+    end = end_of_run(
+        run_dir,
+        baseline_path=args.baseline,
+        compare_and_report=not args.no_compare,
+        mlflow_uri=args.mlflow,
+    )
+    return max(code, end)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -110,7 +165,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     matrix = load_matrix(args.profile or default_profile())
     if args.json:
-        print(json.dumps(matrix.to_dict(), indent=2, sort_keys=True))
+        data = matrix.to_dict()
+        data["cells"] = [{"cell_id": c.cell_id, **c.to_dict()} for c in matrix.cells]
+        print(
+            json.dumps({**data, "kind": LIST_KIND, "schema": LIST_SCHEMA}, indent=2, sort_keys=True)
+        )
         return EXIT_OK
     from tabulate import tabulate
 
@@ -130,5 +189,6 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_env(args: argparse.Namespace) -> int:
     from harness import env
 
-    print(json.dumps(env.fingerprint(args.backend), indent=2, sort_keys=True))
+    fp = {**env.fingerprint(args.backend), "kind": ENV_KIND, "schema": ENV_SCHEMA}
+    print(json.dumps(fp, indent=2, sort_keys=True))
     return EXIT_OK

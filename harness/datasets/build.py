@@ -3,7 +3,9 @@
 Work is cut into chunks of files (or of in-memory images from an ``.npz``); each chunk
 is decoded by :mod:`harness.datasets.decode` in a process pool (inline for one worker)
 and written straight into the staging memmap. An undecodable file stops the build with
-its name, unless ``skip_corrupt``: then it is dropped and counted in ``meta.json``.
+its name, unless ``skip_corrupt``: then it is dropped and counted in ``meta.json``
+(a decompression bomb stops it either way). ``meta.json`` also counts, per conversion,
+how many images needed it (``conversions``: EXIF orientation, grayscale, 16-bit, alpha…).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import multiprocessing
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -27,7 +30,8 @@ from harness.datasets.layouts import ArraySplit, FileSplit, Plan
 from harness.errors import InputError
 from harness.manifest import DatasetEntry
 
-Task = tuple[Callable[..., list], tuple[Any, ...], int]  # (function, args, image count)
+Task = tuple[Callable[..., tuple], tuple[Any, ...], int]  # (function, args, image count)
+Failure = decode.Failure
 
 
 def default_workers() -> int:
@@ -82,22 +86,30 @@ def _progress(total: int, label: str) -> Iterator[Callable[[int], None]]:
         yield advance
 
 
+def _stop(failures: list[Failure], stop_on_error: bool) -> bool:
+    return bool(failures) and (stop_on_error or any(f[3] for f in failures))
+
+
 def _run(
     tasks: Iterator[Task],
     pool: ProcessPoolExecutor | None,
     advance: Callable[[int], None],
     stop_on_error: bool,
     workers: int = 1,
-) -> list[tuple[int, str, str]]:
-    """Run the tasks (bounded in flight); returns failures, stopping at the first if asked."""
-    failures: list[tuple[int, str, str]] = []
+) -> tuple[list[Failure], Counter[str]]:
+    """Run the tasks (bounded in flight); returns failures (stopping at the first if asked,
+    or at a fatal one) and the conversion counts."""
+    failures: list[Failure] = []
+    counts: Counter[str] = Counter()
     if pool is None:
         for fn, args, count in tasks:
-            failures += fn(*args)
+            got, conv = fn(*args)
+            failures += got
+            counts += conv
             advance(count)
-            if failures and stop_on_error:
+            if _stop(failures, stop_on_error):
                 break
-        return failures
+        return failures, counts
     pending: dict[Future, int] = {}
     limit = 4 * workers  # tasks in flight: keeps memory bounded for large npz inputs
     tasks = iter(tasks)
@@ -113,13 +125,15 @@ def _run(
         done, _ = wait(pending, return_when=FIRST_COMPLETED)
         for fut in done:
             advance(pending.pop(fut))
-            failures += fut.result()
-        if failures and stop_on_error:
+            got, conv = fut.result()
+            failures += got
+            counts += conv
+        if _stop(failures, stop_on_error):
             for fut in pending:
                 fut.cancel()
             wait(pending)
             break
-    return sorted(failures)
+    return sorted(failures), counts
 
 
 def _pool(workers: int) -> ProcessPoolExecutor | None:
@@ -145,6 +159,7 @@ def build_cache(
     workers = workers or default_workers()
     started = time.perf_counter()
     skipped: list[str] = []
+    conversions: Counter[str] = Counter()
     pool = _pool(workers)
     try:
         with CacheWriter(entry.name, image_size) as writer:
@@ -153,31 +168,39 @@ def build_cache(
                 out = writer.create_images(split, n)
                 tasks = _tasks(items, out, image_size, workers, stop_on_error=not skip_corrupt)
                 with _progress(n, f"{entry.name} {split} @{image_size}px") as advance:
-                    failures = _run(
+                    failures, counts = _run(
                         tasks, pool, advance, stop_on_error=not skip_corrupt, workers=workers
                     )
+                conversions += counts
                 labels = items.labels
+                fatal = [f for f in failures if f[3]]
+                if fatal:
+                    _, path, reason, _ = fatal[0]
+                    raise InputError(
+                        f"dataset {entry.name!r}: {path}: {reason}; remove or replace the file"
+                    )
                 if failures and not skip_corrupt:
-                    _, path, reason = failures[0]
+                    _, path, reason, _ = failures[0]
                     raise InputError(
                         f"dataset {entry.name!r}: cannot decode {path}: {reason}; remove or "
                         "replace the file, or pass --skip-corrupt"
                     )
                 if failures:
                     keep = np.ones(n, dtype=bool)
-                    keep[[row for row, _, _ in failures]] = False
+                    keep[[row for row, _, _, _ in failures]] = False
                     if writer.compact(split, keep) == 0:
                         raise InputError(
                             f"dataset {entry.name!r} split {split!r}: every image is corrupt"
                         )
                     labels = labels[keep]
-                    skipped += [path for _, path, _ in failures]
+                    skipped += [path for _, path, _, _ in failures]
                 writer.labels(split, labels)
             extra = {
                 "fingerprint": entry.fingerprint,
                 "source": {"type": entry.source.type},
                 "skipped_corrupt": len(skipped),
                 "skipped_files": skipped[:100],
+                "conversions": dict(sorted(conversions.items())),
                 "pillow": PIL.__version__,
                 "workers": workers,
                 "seconds": round(time.perf_counter() - started, 3),

@@ -3,9 +3,11 @@
 Each reader turns a manifest entry's ``layout`` into a :class:`Plan` — class names plus,
 per split, a list of image files or an in-archive array — and checks it against the
 manifest (class names or count, split sizes) before anything is decoded. Layouts:
-``image-folders`` (split/class/file), ``cub-200-2011`` (the Caltech index files), ``npz``
+``image-folders`` (split/class/file, optionally carving ``val`` out of ``train`` by the
+seeded ``layout.val_from_train`` rule), ``cub-200-2011`` (the Caltech index files), ``npz``
 (MedMNIST arrays) and derived subsets (``source.type == "derived"``) that select files
-of their parent by the manifest's rule.
+of their parent by the manifest's rule. Every path a layout names is resolved and must
+stay inside the dataset's own extracted folder.
 """
 
 from __future__ import annotations
@@ -114,20 +116,37 @@ def _compare_classes(entry: DatasetEntry, where: Path, found: list[str]) -> None
         )
 
 
+def _contained(entry: DatasetEntry, top: Path, rel: str, what: str) -> Path:
+    """``top / rel``, refused when it resolves (links included) outside ``top``."""
+    path = top / rel
+    if not path.resolve().is_relative_to(top.resolve()):
+        raise InputError(
+            f"dataset {entry.name!r}: {what} {rel!r} leads outside the dataset's folder {top}"
+        )
+    return path
+
+
 def image_folders(entry: DatasetEntry, root: Path) -> Plan:
-    """``<root>/<split folder>/<class>/<image>``; split folders named by ``layout.splits``."""
-    split_dirs: dict[str, str] = entry.layout.get("splits") or {s: s for s in entry.splits}
-    missing = [s for s in entry.splits if s not in split_dirs]
+    """``<root>/<split folder>/<class>/<image>``; split folders named by ``layout.splits``.
+
+    With ``layout.val_from_train`` the ``val`` split is carved out of ``train`` per class
+    (:func:`carve_val`) instead of read from a folder.
+    """
+    carve = entry.layout.get("val_from_train")
+    wanted = [s for s in entry.splits if not (carve and s == "val")]
+    split_dirs: dict[str, str] = entry.layout.get("splits") or {s: s for s in wanted}
+    missing = [s for s in wanted if s not in split_dirs]
     if missing:
         raise InputError(f"dataset {entry.name!r}: layout.splits has no folder for {missing}")
+    top = root
     if entry.layout.get("root"):
-        root = root / entry.layout["root"]
+        root = _contained(entry, top, entry.layout["root"], "layout.root")
     else:
-        root = _descend(root, [split_dirs[s] for s in entry.splits])
+        root = _descend(root, [split_dirs[s] for s in wanted])
     class_names = entry.class_names
     splits: dict[str, FileSplit] = {}
-    for split in entry.splits:
-        folder = root / split_dirs[split]
+    for split in wanted:
+        folder = _contained(entry, top, str((root / split_dirs[split]).relative_to(top)), "split")
         if not folder.is_dir():
             raise InputError(f"dataset {entry.name!r}: split folder {folder} is missing")
         classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and _visible(p))
@@ -152,7 +171,41 @@ def image_folders(entry: DatasetEntry, root: Path) -> Plan:
             labels += [label] * len(found)
         splits[split] = FileSplit(tuple(files), np.asarray(labels, dtype=np.int32))
     assert class_names is not None
+    if carve:
+        splits["train"], splits["val"] = carve_val(entry, splits["train"], class_names, carve)
+        splits = {s: splits[s] for s in entry.splits}
     return Plan(tuple(class_names), splits)
+
+
+def carve_val(
+    entry: DatasetEntry, train: FileSplit, class_names: tuple[str, ...] | list[str], rule: dict
+) -> tuple[FileSplit, FileSplit]:
+    """(train without val, val): per class, ``count`` files or ``round(fraction × n)`` (>= 1).
+
+    Each class draws its own picks from ``default_rng([seed, crc32(class name)])``, so the
+    same rule gives the same split on every machine, and adding a class moves no other.
+    """
+    seed = int(rule.get("seed", 0))
+    keep = np.ones(len(train), dtype=bool)
+    for label, name in enumerate(class_names):
+        members = np.flatnonzero(train.labels == label)
+        n = len(members)
+        if "count" in rule:
+            k = int(rule["count"])
+        else:
+            k = max(1, int(float(rule["fraction"]) * n + 0.5))
+        if k >= n:
+            raise InputError(
+                f"dataset {entry.name!r}: class {name!r} has {n} training image(s); "
+                f"layout.val_from_train takes {k} for val and would leave none to train on"
+            )
+        rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+        keep[members[rng.choice(n, size=k, replace=False)]] = False
+    files = np.asarray(train.files, dtype=object)
+    return (
+        FileSplit(tuple(files[keep]), train.labels[keep]),
+        FileSplit(tuple(files[~keep]), train.labels[~keep]),
+    )
 
 
 def _index(path: Path) -> dict[int, str]:
@@ -172,7 +225,7 @@ def _index(path: Path) -> dict[int, str]:
 
 def cub_200_2011(entry: DatasetEntry, root: Path) -> Plan:
     """Caltech's index files; ``val_per_class`` training images per class become val."""
-    base = root / entry.layout.get("root", "CUB_200_2011")
+    base = _contained(entry, root, entry.layout.get("root", "CUB_200_2011"), "layout.root")
     classes = _index(base / "classes.txt")
     images = _index(base / "images.txt")
     labels = {k: int(v) for k, v in _index(base / "image_class_labels.txt").items()}

@@ -1,8 +1,11 @@
-"""Prepared caches on demand: :func:`ensure_prepared` for the runner, :func:`prepare` for the CLI.
+"""Prepared caches: :func:`prepare` builds one, :func:`require_prepared` opens one.
 
-A synthetic dataset is generated and cached on first use (so a fresh clone runs the
-smoke matrix offline); a fetched dataset is decoded and resized by ``bench data prepare``.
-Either way the cache's digest is checked against the manifest's pin for that image size.
+``bench data prepare`` and the pre-flight of ``bench all`` (in the parent process, before
+any cell starts) build caches with :func:`prepare`: a synthetic dataset is generated, a
+fetched one decoded and resized. A cell only ever opens a cache with
+:func:`require_prepared`, which never builds. Either way the cache's digest is checked
+against the manifest's pin for that image size. Every dataset must have the splits a cell
+trains and validates on (:data:`RUNNER_SPLITS`), which is checked before anything is built.
 """
 
 from __future__ import annotations
@@ -22,6 +25,25 @@ from harness.manifest import (
     SyntheticSource,
     load_manifest,
 )
+
+RUNNER_SPLITS = ("train", "val")  # what every cell reads; "test" is optional
+
+
+def check_runner_splits(entry: DatasetEntry) -> None:
+    """Refuse a dataset without the splits a cell needs, saying how to get them."""
+    missing = [s for s in RUNNER_SPLITS if s not in entry.splits]
+    if not missing:
+        return
+    how = (
+        'add "val_from_train": {"fraction": 0.1} to its layout (a seeded, per-class carve)'
+        if entry.layout.get("format") == "image-folders" and "train" in entry.splits
+        else "add the split to its manifest entry"
+    )
+    raise InputError(
+        f"dataset {entry.name!r} has no {' or '.join(map(repr, missing))} split (it has "
+        f"{', '.join(entry.splits)}), and every cell trains on 'train' and validates on "
+        f"'val': {how}"
+    )
 
 
 def check_pin(entry: DatasetEntry, image_size: int, digest: str) -> None:
@@ -101,6 +123,28 @@ def ensure_prepared(name: str, image_size: int, *, allow_unpinned: bool = False)
     )
 
 
+def require_prepared(name: str, image_size: int, *, allow_unpinned: bool = False) -> Path:
+    """The prepared folder of ``name`` at ``image_size`` px, verified; never builds one.
+
+    Cells call this: the pre-flight of ``bench all`` prepares every dataset before any
+    cell starts, so a missing cache here means the cell was started some other way.
+    """
+    manifest = load_manifest()
+    entry = manifest.dataset(name)
+    check_source_pinned(entry, manifest, allow_unpinned=allow_unpinned)
+    meta = cached(entry, image_size)
+    if meta is None:
+        folder = cache.cache_dir(name, image_size)
+        state = "has a stale cache" if folder.exists() else "is not prepared"
+        raise InputError(
+            f"dataset {name!r} {state} at {image_size} px ({folder}); cells never prepare "
+            f"data: run `bench data prepare {name} --image-size {image_size}` (bench all "
+            "does it before any cell starts)"
+        )
+    check_pin(entry, image_size, str(meta["digest"]))
+    return cache.cache_dir(name, image_size)
+
+
 def _fetch_name(entry: DatasetEntry, manifest: Manifest) -> str:
     while isinstance(entry.source, DerivedSource):
         entry = manifest.dataset(entry.source.parent)
@@ -122,6 +166,7 @@ def prepare(
         raise InputError(f"image size must be >= 1, got {image_size}")
     manifest = load_manifest()
     entry = manifest.dataset(name)
+    check_runner_splits(entry)
     if isinstance(entry.source, SyntheticSource):
         with cache.lock(name, image_size):
             return prepare_synthetic(entry, image_size)

@@ -1,4 +1,10 @@
-"""What state each manifest entry is in: unpinned, pinned, fetched or prepared."""
+"""What state each manifest entry is in: unpinned, pinned, downloaded, refused, fetched, prepared.
+
+A dataset is ``fetched`` only when its archive is the pinned one and was verified and
+extracted within bounds; an archive whose extraction was refused is ``refused``; a file
+that is merely present (copied by hand, or fetched by an older harness) is ``downloaded``
+until ``bench data fetch`` checks and extracts it.
+"""
 
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ class EntryStatus:
     name: str
     kind: str  # "dataset" | "weights"
     source: str  # https | local | file | synthetic | derived
-    status: str  # unpinned | pinned | fetched | prepared
+    status: str  # unpinned | pinned | downloaded | refused | fetched | prepared
     pinned: bool
     fetched: bool
     prepared: tuple[int, ...]
@@ -52,34 +58,35 @@ def prepared_sizes(entry: DatasetEntry) -> tuple[int, ...]:
     return tuple(sorted(sizes))
 
 
-def _dataset_pinned_fetched(entry: DatasetEntry, manifest: Manifest) -> tuple[bool, bool]:
+def _dataset_pinned_state(entry: DatasetEntry, manifest: Manifest) -> tuple[bool, str | None]:
+    """(pinned, fetch state of the archive: see :func:`archives.fetch_state`)."""
     source = entry.source
     if isinstance(source, DerivedSource):
-        return _dataset_pinned_fetched(manifest.dataset(source.parent), manifest)
+        return _dataset_pinned_state(manifest.dataset(source.parent), manifest)
     if isinstance(source, SyntheticSource):
-        return bool(entry.prepared), False
+        return bool(entry.prepared), None
     assert isinstance(source, HttpsSource | LocalSource)
-    return source.pinned, archives.archive_path(source).is_file()
+    return source.pinned, archives.fetch_state(entry)
 
 
-def _status(pinned: bool, fetched: bool, prepared: tuple[int, ...]) -> str:
+def _status(pinned: bool, state: str | None, prepared: tuple[int, ...]) -> str:
     if prepared:
         return "prepared"
-    if fetched:
-        return "fetched"
+    if state:
+        return state
     return "pinned" if pinned else "unpinned"
 
 
 def dataset_status(entry: DatasetEntry, manifest: Manifest) -> EntryStatus:
-    pinned, fetched = _dataset_pinned_fetched(entry, manifest)
+    pinned, state = _dataset_pinned_state(entry, manifest)
     prepared = prepared_sizes(entry)
     return EntryStatus(
         name=entry.name,
         kind="dataset",
         source=entry.source.type,
-        status=_status(pinned, fetched, prepared),
+        status=_status(pinned, state, prepared),
         pinned=pinned,
-        fetched=fetched,
+        fetched=state == "fetched",
         prepared=prepared,
         description=entry.description,
     )
@@ -92,7 +99,7 @@ def weights_status(entry: WeightsEntry) -> EntryStatus:
         name=entry.name,
         kind="weights",
         source=entry.source.type,
-        status=_status(pinned, fetched, ()),
+        status=_status(pinned, "fetched" if fetched else None, ()),
         pinned=pinned,
         fetched=fetched,
         prepared=(),
