@@ -11,6 +11,20 @@ Each is checked on every dataset of the matching regime and stated as ``held``,
 ``did not hold`` or ``not enough data`` — never asserted without the numbers.
 "Competitive" means within the profile's accuracy tolerance (``accuracy_points``).
 
+**Did not learn.** A cell whose best validation accuracy is within noise of chance is
+flagged and never ranked: a strategy is ranked on a dataset only when every one of its ok
+cells learned, so no winner is declared over cells that did not learn, and a rule of thumb
+that needs such a strategy says "not enough data". The rule (:func:`chance_check`): with
+``K`` classes and ``n`` validation images, a model that guesses gets ``Binomial(n, 1/K)``
+right; the cell learned when its best count of correct images reaches ``k``, the smallest count
+with ``P(Binomial(n, 1/K) >= k) <= alpha``, ``alpha = CHANCE_ALPHA / epochs`` (Bonferroni
+over the epochs the best is taken from). On the smoke sets (3 epochs) that bar is 62.5 %
+for 2 classes and 200 images (chance 50 %), 30.5 % for 5 classes and 200 images (20 %),
+6.25 % for 48 classes and 240 images (2.1 %). Chance is ``1/K``: right for balanced
+validation sets (every synthetic set); on an unbalanced one the majority class can score
+more, so there the flag is a floor. A cell that does not record its class count and
+validation size (``config.effective``) is not tested.
+
 A dataset's regime is the manifest entry's validated ``regime``
 (``{"data": "small"|"big", "domain": "similar"|"different"}``). Without one it is
 derived: data size from the train split (``< SMALL_TRAIN_IMAGES`` images is small),
@@ -20,6 +34,7 @@ pretrained weights are not — a weak heuristic, stated as "derived" in the repo
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
@@ -34,6 +49,9 @@ NOT_ENOUGH = "not enough data"
 # Fallback size threshold: the experiment's few-class set (birds-30, 3000 train images) is
 # "small"; its chest X-ray (4708) and 400-class birds (58388) sets are the "big" regimes.
 SMALL_TRAIN_IMAGES = 4000
+
+# One-sided significance for "learned" (before the Bonferroni split over epochs).
+CHANCE_ALPHA = 0.001
 
 SCRATCH = "scratch"
 HEAD_ONLY = ("feature-extract", "linear-probe")  # backbone frozen: only the head learns
@@ -65,6 +83,28 @@ class Regime:
 
 
 @dataclass(frozen=True)
+class ChanceCheck:
+    """Whether one cell's best validation accuracy is clear of chance, and the bar it met."""
+
+    cell_id: str
+    accuracy: float  # best val accuracy, fraction
+    chance: float  # 1 / classes
+    needed: int  # correct validation images a cell needs to have learned
+    classes: int
+    val_examples: int
+    epochs: int
+
+    @property
+    def threshold(self) -> float:
+        """The accuracy a cell needs: ``needed / val_examples``."""
+        return self.needed / self.val_examples
+
+    @property
+    def learned(self) -> bool:
+        return round(self.accuracy * self.val_examples) >= self.needed
+
+
+@dataclass(frozen=True)
 class StrategyScore:
     """Mean accuracy (%) of one strategy on one dataset over its ok cells."""
 
@@ -80,8 +120,9 @@ class DatasetFinding:
     dataset: str
     regime: Regime
     metric: str  # "test accuracy" or "best val accuracy"
-    scores: tuple[StrategyScore, ...]  # best first
+    scores: tuple[StrategyScore, ...]  # best first; only strategies whose cells all learned
     failed: tuple[str, ...]  # cell ids that failed
+    did_not_learn: tuple[ChanceCheck, ...] = ()  # ok cells within noise of chance (not ranked)
 
     @property
     def winner(self) -> StrategyScore | None:
@@ -138,6 +179,45 @@ def regime_of(
     return Regime(data, domain, "derived: " + "; ".join(why))
 
 
+def binomial_upper_quantile(n: int, p: float, alpha: float) -> int:
+    """The smallest ``k`` with ``P(Binomial(n, p) >= k) <= alpha`` (exact, in log space)."""
+    if not 0 < p < 1:
+        raise ValueError(f"chance probability must be in (0, 1), got {p!r}")
+    log_p, log_q = math.log(p), math.log1p(-p)
+    tail = 0.0
+    for k in range(n, -1, -1):  # accumulate the upper tail from the top
+        log_pmf = (
+            math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+            + k * log_p + (n - k) * log_q
+        )  # fmt: skip
+        if tail + math.exp(log_pmf) > alpha:
+            return k + 1
+        tail += math.exp(log_pmf)
+    return 0
+
+
+def chance_check(cell: CellResult, alpha: float = CHANCE_ALPHA) -> ChanceCheck | None:
+    """The did-not-learn test of one ok cell (module doc); None when the cell does not say
+    its class count and validation size (``config.effective``) or has no val accuracy."""
+    effective = cell.config.get("effective") if isinstance(cell.config, dict) else None
+    if not cell.ok or cell.best_val_accuracy is None or not isinstance(effective, dict):
+        return None
+    classes, n = effective.get("num_classes"), effective.get("val_examples")
+    if not isinstance(classes, int) or not isinstance(n, int) or classes < 2 or n < 1:
+        return None
+    epochs = max(1, sum(1 for h in cell.history if h.val_accuracy is not None))
+    k = binomial_upper_quantile(n, 1.0 / classes, alpha / epochs)
+    return ChanceCheck(
+        cell.cell_id,
+        float(cell.best_val_accuracy),
+        1.0 / classes,
+        k,
+        classes,
+        n,
+        epochs,
+    )
+
+
 def _train_images(cells: list[CellResult], entry: Any | None) -> int | None:
     """What the runner actually trained on, else the manifest's train split size."""
     for c in cells:
@@ -158,19 +238,25 @@ def _metric(cells: list[CellResult]) -> tuple[str, str]:
 
 
 def rank(dataset: str, cells: list[CellResult], regime: Regime) -> DatasetFinding:
-    """Mean accuracy per strategy on ``dataset`` (ok cells only), best first."""
+    """Mean accuracy per strategy on ``dataset`` (ok cells only), best first.
+
+    A strategy with an ok cell that did not learn is not ranked (module doc).
+    """
     attr, label = _metric(cells)
+    checks = [chk for c in cells if (chk := chance_check(c)) is not None]
+    not_learned = tuple(chk for chk in checks if not chk.learned)
+    unranked = {c.strategy for c in cells if any(chk.cell_id == c.cell_id for chk in not_learned)}
     by_strategy: dict[str, list[float]] = defaultdict(list)
     for c in cells:
         value = getattr(c, attr)
-        if c.ok and value is not None:
+        if c.ok and value is not None and c.strategy not in unranked:
             by_strategy[c.strategy].append(100.0 * float(value))
     scores = sorted(
         (StrategyScore(s, statistics.fmean(v), len(v)) for s, v in by_strategy.items()),
         key=lambda s: (-s.accuracy, s.strategy),
     )
     failed = tuple(c.cell_id for c in cells if not c.ok)
-    return DatasetFinding(dataset, regime, label, tuple(scores), failed)
+    return DatasetFinding(dataset, regime, label, tuple(scores), failed, not_learned)
 
 
 def _best(finding: DatasetFinding, strategies: tuple[str, ...]) -> StrategyScore | None:
@@ -189,6 +275,13 @@ def _compare_groups(
     a, b = _best(finding, ours), _best(finding, theirs)
     if a is None or b is None:
         lacking = ours_name if a is None else theirs_name
+        group = ours if a is None else theirs
+        idle = [c.cell_id for c in finding.did_not_learn if c.cell_id.split("/")[1] in group]
+        if idle:
+            return NOT_ENOUGH, (
+                f"no {lacking} cell on {finding.dataset} that learned "
+                f"(within noise of chance: {', '.join(idle)})"
+            )
         return NOT_ENOUGH, f"no ok {lacking} cell on {finding.dataset}"
     gap = a.accuracy - b.accuracy
     status = HELD if gap >= -tol else NOT_HELD
@@ -262,13 +355,27 @@ def compute(
     return Findings(tuple(ranked), tuple(check_rules(ranked, tolerance_points)), tolerance_points)
 
 
+def did_not_learn_note(check: ChanceCheck) -> str:
+    """``id (best val 20.5%, chance 20.0%, needs >= 30.5%)``."""
+    return (
+        f"{check.cell_id} (best val {100 * check.accuracy:.1f}%, chance "
+        f"{100 * check.chance:.1f}%, needs >= {100 * check.threshold:.1f}%)"
+    )
+
+
 def winner_sentence(f: DatasetFinding, tol: float) -> str:
-    """One line: who won on a dataset and by how much (or that it was a tie)."""
+    """One line: who won on a dataset and by how much (or that it was a tie).
+
+    Only strategies that learned are ranked; none is called a winner over one that did not.
+    """
     if f.winner is None:
+        if f.did_not_learn:
+            return f"**{f.dataset}**: no strategy learned (every ok cell within noise of chance)."
         return f"**{f.dataset}**: no ok cell to rank."
     w = f.winner
     if f.margin is None:
-        return f"**{f.dataset}**: only {w.strategy} ran ok ({w.accuracy:.1f}% {f.metric})."
+        verb = "learned" if f.did_not_learn else "ran ok"
+        return f"**{f.dataset}**: only {w.strategy} {verb} ({w.accuracy:.1f}% {f.metric})."
     second = f.scores[1]
     tie = f" — within the {tol:g}-pt tolerance, effectively a tie" if f.margin <= tol else ""
     verb = "led" if tie else "won"

@@ -74,6 +74,9 @@ def matrix_rows(cells: list[CellResult]) -> list[list[Any]]:
             if c.ok
             else f"{c.status}: " + _cell((c.error or "").splitlines()[0][:80] if c.error else "")
         )
+        chance = findings_mod.chance_check(c)
+        if chance is not None and not chance.learned:
+            status = f"ok, did not learn (chance {100 * chance.chance:.1f}%)"
         rows.append(
             [
                 c.dataset,
@@ -171,13 +174,18 @@ def _findings_section(f: findings_mod.Findings) -> list[str]:
     out.append(
         f'Computed from this run\'s numbers; "competitive" means within {f.tolerance_points:g} '
         "accuracy points (the profile's tolerance). Strategy accuracy is the mean over its ok "
-        "cells (seeds × precisions)."
+        "cells (seeds × precisions). A cell *did not learn* when its best validation accuracy "
+        "is within noise of chance (binomial test, see `harness/findings.py`); a strategy with "
+        "such a cell is not ranked, so no winner is declared over it."
     )
     out.append("")
     for d in f.datasets:
         out.append(f"- {findings_mod.winner_sentence(d, f.tolerance_points)}")
         if d.failed:
             out.append(f"  - not ranked (failed or skipped): {', '.join(d.failed)}")
+        if d.did_not_learn:
+            notes = "; ".join(findings_mod.did_not_learn_note(c) for c in d.did_not_learn)
+            out.append(f"  - not ranked, did not learn (within noise of chance): {notes}")
     out.append("")
     out.append("### Rules of thumb of the transfer-learning notes")
     out.append("")

@@ -100,3 +100,80 @@ def test_tie_within_tolerance_is_called_a_tie():
     line = F.winner_sentence(d, 2.0)
     assert "fine-tune led with 90.0%" in line and "0.5 pts ahead of full-fine-tune" in line
     assert "effectively a tie" in line
+
+
+# --------------------------------------------------------------------------- did not learn
+
+
+def _learning_cells(dataset: str, accs: dict[str, float], classes: int, n: int) -> list:
+    """Cells that record their class count and validation size, as the runner does."""
+    effective = {"effective": {"num_classes": classes, "val_examples": n}}
+    return [
+        runkit.cell(dataset, s, val=a, test=a, epochs=3, config=effective) for s, a in accs.items()
+    ]
+
+
+def test_binomial_bound_is_exact():
+    # P(X >= 10) = 1/1024 <= 0.001 < P(X >= 9) = 11/1024 for Binomial(10, 1/2).
+    assert F.binomial_upper_quantile(10, 0.5, 0.001) == 10
+    assert F.binomial_upper_quantile(10, 0.5, 11 / 1024 + 1e-12) == 9
+    # The smoke sets' bars (module doc): 3 epochs, alpha 0.001 / 3.
+    assert F.binomial_upper_quantile(200, 1 / 2, 0.001 / 3) == 125
+    assert F.binomial_upper_quantile(200, 1 / 5, 0.001 / 3) == 61
+    assert F.binomial_upper_quantile(240, 1 / 48, 0.001 / 3) == 15
+
+
+def test_chance_check_bar_and_unknowns():
+    (at,) = _learning_cells("xray", {"fine-tune": 125 / 200}, classes=2, n=200)
+    (below,) = _learning_cells("xray", {"fine-tune": 124 / 200}, classes=2, n=200)
+    assert F.chance_check(at).learned and F.chance_check(at).threshold == 0.625
+    assert not F.chance_check(below).learned
+    assert F.chance_check(below).chance == 0.5 and F.chance_check(below).epochs == 3
+    assert F.chance_check(runkit.cell("xray", "scratch", val=0.5)) is None  # no effective sizes
+    assert F.chance_check(runkit.cell("xray", "scratch", status="failed")) is None
+
+
+def test_cells_that_did_not_learn_are_flagged_and_never_beaten():
+    accs = {"scratch": 0.20, "feature-extract": 0.93, "fine-tune": 0.90, "full-fine-tune": 0.25}
+    cells = _learning_cells("few", accs, classes=5, n=200)
+    found = F.compute(cells, tolerance_points=2.0, manifest=_manifest(few="small-similar"))
+    (d,) = found.datasets
+    assert [s.strategy for s in d.scores] == ["feature-extract", "fine-tune"]
+    assert {c.cell_id for c in d.did_not_learn} == {
+        "few/scratch/float32/s0",
+        "few/full-fine-tune/float32/s0",
+    }
+    line = F.winner_sentence(d, 2.0)
+    assert "feature-extract won" in line and "ahead of fine-tune" in line
+    assert "scratch" not in line and "full-fine-tune" not in line
+    note = F.did_not_learn_note(next(c for c in d.did_not_learn if "scratch" in c.cell_id))
+    assert note == "few/scratch/float32/s0 (best val 20.0%, chance 20.0%, needs >= 30.5%)"
+
+
+def test_no_winner_when_only_one_or_no_strategy_learned():
+    one = _learning_cells("xray", {"scratch": 0.52, "fine-tune": 0.90}, classes=2, n=200)
+    (d,) = F.compute(one, tolerance_points=2.0).datasets
+    assert F.winner_sentence(d, 2.0) == "**xray**: only fine-tune learned (90.0% test accuracy)."
+    none = _learning_cells("xray", {"scratch": 0.52, "fine-tune": 0.55}, classes=2, n=200)
+    (d,) = F.compute(none, tolerance_points=2.0).datasets
+    assert d.winner is None and "no strategy learned" in F.winner_sentence(d, 2.0)
+    assert "won" not in F.winner_sentence(d, 2.0)
+
+
+def test_a_rule_that_needs_a_strategy_that_did_not_learn_lacks_data():
+    cells = _learning_cells("xray", {"scratch": 0.51, "fine-tune": 0.95}, classes=2, n=200)
+    found = F.compute(cells, tolerance_points=2.0, manifest=_manifest(xray="big-different"))
+    (r,) = _rule(found, "big data, different domain")
+    assert r.status == F.NOT_ENOUGH
+    assert "no scratch cell on xray that learned" in r.evidence and "scratch/float32" in r.evidence
+
+
+def test_the_report_flags_cells_that_did_not_learn():
+    from harness import report
+
+    cells = _learning_cells("few", {"scratch": 0.21, "fine-tune": 0.90}, classes=5, n=200)
+    status = {row[1]: row[-1] for row in report.matrix_rows(cells)}
+    assert status == {"scratch": "ok, did not learn (chance 20.0%)", "fine-tune": "ok"}
+    section = "\n".join(report._findings_section(F.compute(cells, tolerance_points=2.0)))
+    assert "not ranked, did not learn (within noise of chance): few/scratch/float32/s0" in section
+    assert "only fine-tune learned" in section
