@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import paths
+from harness import fsio, paths
 from harness.errors import InputError
 
 STRATEGIES: tuple[str, ...] = (
@@ -67,6 +68,7 @@ class CellSpec:
     dense_units: int = 1024  # feature-extract / two-stage head: Dense units (0: none)
     head_epochs: int = 5  # two-stage: epochs of head warm-up before unfreezing
     backbone_lr_factor: float = 0.1  # two-stage: backbone LR = learning_rate × factor
+    bn_momentum: float = 0.999  # every backbone BatchNorm's moving-statistics momentum
     reduce_lr: bool = False  # ReduceLROnPlateau on val_loss
     reduce_lr_factor: float = 0.5
     reduce_lr_patience: int = 3
@@ -127,9 +129,14 @@ class Matrix:
 
     def select(self, pattern: str | None) -> tuple[CellSpec, ...]:
         """Cells whose id matches the glob ``pattern`` (or contains it, if it has no wildcard)."""
-        if not pattern:
+        if pattern is None:
             return self.cells
         pats = [p.strip() for p in pattern.split(",") if p.strip()]
+        if not pats:  # '' or ' , ': would silently mean "every cell"
+            raise InputError(
+                f"--only {pattern!r}: no cell pattern in it; give cell-id globs or substrings, "
+                "comma-separated (see `bench list`), or leave --only out to run every cell"
+            )
 
         def hit(cid: str) -> bool:
             return any(
@@ -194,9 +201,11 @@ def load_matrix(profile: str) -> Matrix:
             f"no matrix file for profile {profile!r} ({path}); known profiles: {known}"
         )
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(fsio.read_text(path))
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise InputError(f"{path}: not valid TOML (nested too deeply)") from None
     return parse_matrix(data, path=path, profile=path.stem)
 
 
@@ -272,7 +281,7 @@ def _tolerances(table: dict[str, Any], path: Path) -> Tolerances:
     vals = {}
     for key in want:
         v = table.get(key)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not _finite(v) or v < 0:
             raise InputError(f"{path}: tolerances.{key} must be a number >= 0, got {v!r}")
         vals[key] = float(v)
     if vals["throughput_relative"] >= 1:
@@ -281,6 +290,13 @@ def _tolerances(table: dict[str, Any], path: Path) -> Tolerances:
             f"got {vals['throughput_relative']!r}"
         )
     return Tolerances(**vals)
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def _check_fields(table: dict[str, Any], where: str, *, axes_allowed: bool) -> None:
@@ -304,6 +320,8 @@ def _check_fields(table: dict[str, Any], where: str, *, axes_allowed: bool) -> N
             raise InputError(f"{where}.{key}: unsupported field type {ftype}")
         if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
             raise InputError(f"{where}.{key}: expected {ftype}, got {value!r}")
+        if float in kinds and not _finite(value):  # TOML has nan and inf; ints can overflow
+            raise InputError(f"{where}.{key}: expected a finite number, got {value!r}")
 
 
 def _make_cell(values: dict[str, Any], where: str) -> CellSpec:
@@ -312,6 +330,7 @@ def _make_cell(values: dict[str, Any], where: str) -> CellSpec:
         "learning_rate",
         "alpha",
         "backbone_lr_factor",
+        "bn_momentum",
         "reduce_lr_factor",
         "reduce_lr_min",
         "target_accuracy",
@@ -357,6 +376,8 @@ def _make_cell(values: dict[str, Any], where: str) -> CellSpec:
         raise bad("learning_rate", "expected a number > 0")
     if not 0 < cell.backbone_lr_factor <= 1:
         raise bad("backbone_lr_factor", "expected 0 < factor <= 1")
+    if not 0 <= cell.bn_momentum < 1:
+        raise bad("bn_momentum", "expected 0 <= momentum < 1")
     if not 0 < cell.reduce_lr_factor < 1:
         raise bad("reduce_lr_factor", "expected 0 < factor < 1")
     if cell.target_accuracy is not None and not 0 < cell.target_accuracy <= 1:

@@ -113,6 +113,7 @@ class Built:
     head_layers: list[Any]
     num_classes: int
     weights_note: str
+    bn_layers: int = 0  # backbone BatchNormalization layers given ``cell.bn_momentum``
     feature_model: Any = None  # linear-probe: uint8 images -> pooled features
     classifier: Any = None  # linear-probe: features -> probabilities
     notes: list[str] = field(default_factory=list)
@@ -149,6 +150,7 @@ def build(cell: CellSpec, num_classes: int, weights_file: Path | None, weights_n
         include_top=False,
         weights=str(weights_file) if weights_file else None,
     )
+    bn_layers = set_bn_momentum(backbone, cell.bn_momentum)
     n_layers = len(backbone.layers)
     if cell.strategy == "fine-tune" and not 0 < cell.fine_tune_k < n_layers:
         raise InputError(
@@ -168,7 +170,7 @@ def build(cell: CellSpec, num_classes: int, weights_file: Path | None, weights_n
         classifier = keras.Model(f_in, out_layer(f_in), name="linear_probe")
         model = keras.Model(inputs, out_layer(feats), name=f"{cell.strategy}")
         built = Built(
-            cell, p, model, backbone, [out_layer], num_classes, weights_note,
+            cell, p, model, backbone, [out_layer], num_classes, weights_note, bn_layers,
             feature_model=feature_model, classifier=classifier,
         )  # fmt: skip
         set_stage(built, p.stages[0])
@@ -187,9 +189,28 @@ def build(cell: CellSpec, num_classes: int, weights_file: Path | None, weights_n
     outputs = out_layer(x)
     built_head.append(out_layer)
     model = keras.Model(inputs, outputs, name=cell.strategy)
-    built = Built(cell, p, model, backbone, built_head, num_classes, weights_note)
+    built = Built(cell, p, model, backbone, built_head, num_classes, weights_note, bn_layers)
     set_stage(built, p.stages[0])
     return built
+
+
+def set_bn_momentum(backbone: Any, momentum: float) -> int:
+    """Give every BatchNormalization layer of ``backbone`` this moving-statistics momentum.
+
+    Keras builds MobileNetV2 with momentum 0.999: the moving mean and variance then keep
+    ``0.999**steps`` of their initial values, so after a few hundred steps (a short run)
+    a model trained from scratch is evaluated with near-initial statistics and scores at
+    chance. The momentum only matters where a BatchNorm layer trains (frozen layers use
+    their statistics as they are). Returns the number of layers set.
+    """
+    import keras
+
+    layers = [
+        layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    for layer in layers:
+        layer.momentum = float(momentum)
+    return len(layers)
 
 
 def set_stage(built: Built, stage: Stage) -> None:
@@ -270,4 +291,5 @@ def describe(built: Built) -> dict[str, Any]:
         "head": list(p.head),
         "stages": [dataclasses.asdict(s) for s in p.stages],
         "cached_features": p.cached_features,
+        "batchnorm": {"momentum": built.cell.bn_momentum, "layers": built.bn_layers},
     }

@@ -183,3 +183,46 @@ def test_fine_tune_k_out_of_range_is_an_input_error() -> None:
 
     with pytest.raises(InputError, match=r"fine_tune_k must be between 1 and 153.*got 154"):
         strategies.build(small("fine-tune", fine_tune_k=154), 3, None, "random")
+
+
+def test_bn_momentum_reaches_every_backbone_batchnorm_and_the_record() -> None:
+    keras.utils.set_random_seed(0)
+    built = strategies.build(small("scratch", bn_momentum=0.9), 3, None, "random")
+    bns = [layer for layer in built.backbone.layers
+           if isinstance(layer, keras.layers.BatchNormalization)]  # fmt: skip
+    assert len(bns) == 52 and {layer.momentum for layer in bns} == {0.9}
+    assert strategies.describe(built)["batchnorm"] == {"momentum": 0.9, "layers": 52}
+    assert small("scratch", bn_momentum=0.9).to_dict()["bn_momentum"] == 0.9  # resolved config
+
+
+def test_bn_momentum_sets_how_far_moving_statistics_move_in_a_training_step() -> None:
+    """One training call moves bn_Conv1's moving mean by (1 - momentum) × (batch mean - it)."""
+    x = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    moved = {}
+    for momentum in (0.999, 0.5):
+        keras.backend.clear_session()
+        keras.utils.set_random_seed(0)
+        built = strategies.build(small("scratch", bn_momentum=momentum), 3, None, "random")
+        layer = built.backbone.get_layer("bn_Conv1")
+        before = keras.ops.convert_to_numpy(layer.moving_mean).copy()
+        built.model(x, training=True)
+        moved[momentum] = keras.ops.convert_to_numpy(layer.moving_mean) - before
+    assert np.abs(moved[0.999]).max() > 0
+    np.testing.assert_allclose(moved[0.5], moved[0.999] * 500, rtol=1e-3, atol=1e-7)
+
+
+def test_bn_momentum_is_validated_in_the_matrix() -> None:
+    from harness.errors import InputError
+    from harness.matrix import parse_matrix
+
+    data = {
+        "tolerances": {"accuracy_points": 1, "throughput_relative": 0.1},
+        "defaults": {"bn_momentum": 1.0},
+        "cells": [{"datasets": ["d"], "strategies": ["scratch"], "precisions": ["float32"],
+                   "seeds": [0]}],
+    }  # fmt: skip
+    with pytest.raises(InputError, match=r"bn_momentum: expected 0 <= momentum < 1, got 1\.0"):
+        parse_matrix(data, path=Path("m.toml"), profile="m")
+    data["defaults"]["bn_momentum"] = 0.9
+    (cell,) = parse_matrix(data, path=Path("m.toml"), profile="m").cells
+    assert cell.bn_momentum == 0.9
