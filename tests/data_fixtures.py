@@ -133,24 +133,41 @@ def files_under(folder: Path) -> dict[str, bytes]:
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     routes: ClassVar[dict[str, tuple[str, bytes, int]]] = {}
+    requests: ClassVar[list[tuple[str, str | None]]] = []  # (path, Range header)
+    release: ClassVar[threading.Event] = threading.Event()
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         pass
 
     def do_GET(self) -> None:
+        rng = self.headers.get("Range")
+        self.requests.append((self.path, rng))
         mode, body, arg = self.routes.get(self.path, ("status", b"", 404))
         if mode == "status":
             self.send_error(arg)
             return
-        self.send_response(200)
+        start = 0
+        if mode == "ranges" and rng and rng.startswith("bytes=") and rng.endswith("-"):
+            start = int(rng[len("bytes=") : -1])
+            if start >= len(body):
+                self.send_error(416)
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        else:
+            self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(len(body) - start))
         self.end_headers()
-        if mode == "ok":
-            self.wfile.write(body)
+        if mode in ("ok", "ranges"):
+            self.wfile.write(body[start:])
             return
         self.wfile.write(body[:arg])
         self.wfile.flush()
+        if mode == "stall":  # half a file, then nothing until the test lets go
+            self.release.wait(60)
+            self.close_connection = True
+            return
         if mode == "drop":  # abort with a TCP reset: linger 0, close without a shutdown
             linger = struct.pack("ii", 1, 0)
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
@@ -164,11 +181,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 class Server:
-    """Routes: path → ("ok", body, 0) | ("status", b"", code) | ("short"|"drop", body, n)."""
+    """Routes: path → ("ok", body, 0) | ("ranges", body, 0) (honours ``Range``) |
+    ("status", b"", code) | ("short"|"drop"|"stall", body, n) (n bytes, then cut, reset, or
+    hang until ``release`` is set). ``requests`` logs (path, Range header) per request."""
 
     def __init__(self, httpd: http.server.ThreadingHTTPServer, handler: type) -> None:
         self.httpd = httpd
         self.routes: dict[str, tuple[str, bytes, int]] = handler.routes
+        self.requests: list[tuple[str, str | None]] = handler.requests
+        self.release: threading.Event = handler.release
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
@@ -176,13 +197,16 @@ class Server:
 
 @contextmanager
 def http_server() -> Iterator[Server]:
-    handler = type("Handler", (_Handler,), {"routes": {}})
+    handler = type(
+        "Handler", (_Handler,), {"routes": {}, "requests": [], "release": threading.Event()}
+    )
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True)
     thread.start()
     try:
         yield Server(httpd, handler)
     finally:
+        handler.release.set()
         httpd.shutdown()
         httpd.server_close()
         thread.join()

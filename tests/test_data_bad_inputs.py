@@ -1,13 +1,17 @@
 """Every bad input exits 2 with one line naming it, leaves no partial file, spares the old cache.
 
 A good dataset is fetched from a loopback HTTP server and prepared first; each case then
-points the manifest at a broken download or archive and checks the refusal.
+points the manifest at a broken download or archive and checks the refusal. Bombs (a
+ratio bomb, a member-count bomb, in tar.gz and zip) are generated here, small on disk.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import shutil
+import subprocess
 import tarfile
 import zipfile
 from collections.abc import Callable, Iterator
@@ -268,3 +272,184 @@ def test_split_size_disagreeing_with_the_manifest(good: Good) -> None:
     good.refused(
         ("data", "prepare", "pets", "--image-size", "16"), "split 'train'", "found 5", "says 6"
     )
+
+
+# --- extraction bounds (bombs) ---------------------------------------------------------
+
+BOMB_BYTES = 64 << 20  # 64 MiB of zeros: ~64 KB compressed, a ratio near 1000
+
+
+class _Zeros:
+    """A file-like object of ``n`` zero bytes that never holds them all in memory."""
+
+    def __init__(self, n: int) -> None:
+        self.left = n
+
+    def read(self, size: int = -1) -> bytes:
+        size = self.left if size < 0 else min(size, self.left)
+        self.left -= size
+        return bytes(size)
+
+
+def _ratio_bomb(path: Path, fmt: str) -> Path:
+    """A real-looking dataset plus one member of 64 MiB of zeros."""
+    if fmt == "tar.gz":
+        with tarfile.open(path, "w:gz", compresslevel=9) as tar:
+            info = tarfile.TarInfo("train/cat/000.jpg")
+            info.size = BOMB_BYTES
+            tar.addfile(info, _Zeros(BOMB_BYTES))  # type: ignore[arg-type]
+    else:
+        with (
+            zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf,
+            zf.open("train/cat/000.jpg", "w", force_zip64=False) as out,
+        ):
+            zeros = bytes(1 << 20)
+            for _ in range(BOMB_BYTES >> 20):
+                out.write(zeros)
+    return path
+
+
+def _count_bomb(path: Path, fmt: str, members: int) -> Path:
+    """``members`` tiny files: small on disk, a flood of inodes once extracted."""
+    names = [f"train/cat/{i:05d}.jpg" for i in range(members)]
+    if fmt == "tar.gz":
+        with tarfile.open(path, "w:gz") as tar:
+            for name in names:
+                tar.addfile(tarfile.TarInfo(name), io.BytesIO(b""))
+    else:
+        with zipfile.ZipFile(path, "w") as zf:
+            for name in names:
+                zf.writestr(name, b"")
+    return path
+
+
+def _status(good: Good) -> dict:
+    _, out, _ = run_cli(good.capsys, "data", "list", "--json")
+    return {row["name"]: row for row in json.loads(out)}
+
+
+@pytest.mark.parametrize("fmt", ["tar.gz", "zip"])
+def test_ratio_bomb_is_refused_before_it_lands(good: Good, fmt: str) -> None:
+    bomb = _ratio_bomb(good.env / f"bomb.{fmt}", fmt)
+    assert bomb.stat().st_size < 1 << 20  # small on disk
+    extracted = files_under(good.data / "archives" / "extracted" / "pets")
+    archive = good.archive.read_bytes()
+    good.point_at(f"/bomb.{fmt}", bomb.read_bytes())
+    good.refused(("data", "fetch", "pets"), "pets.tar.gz", "ratio above 100", "refusing")
+    # Nothing of the bomb landed; the earlier good archive and extraction are as they were.
+    assert files_under(good.data / "archives" / "extracted" / "pets") == extracted
+    assert good.archive.read_bytes() == archive
+    assert sum(p.stat().st_size for p in good.data.rglob("*") if p.is_file()) < 8 << 20
+
+
+@pytest.mark.parametrize("fmt", ["tar.gz", "zip"])
+def test_member_count_bomb_is_refused(good: Good, fmt: str) -> None:
+    bomb = _count_bomb(good.env / f"many.{fmt}", fmt, 1100)
+    good.point_at(f"/many.{fmt}", bomb.read_bytes())
+    # The bound: 2 × the 8 declared images + 1000.
+    good.refused(("data", "fetch", "pets"), "pets.tar.gz", "more than 1,016 members")
+    assert len(list((good.data / "archives" / "extracted" / "pets").rglob("*.jpg"))) == 8
+
+
+def test_size_bound_from_the_manifest_and_the_environment(
+    good: Good, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    good.point_at("/again.tar.gz", good.body)
+    manifest = good.env / "home" / "data" / "manifest.json"
+    raw = json.loads(manifest.read_text())
+    raw["datasets"]["pets"]["layout"]["extract"] = {"max_bytes": 1000}
+    manifest.write_text(json.dumps(raw))
+    good.archive.unlink()
+    good.refused(("data", "fetch", "pets"), "more than 1,000 bytes", "layout.extract.max_bytes")
+    monkeypatch.setenv("BENCH_EXTRACT_MAX_BYTES", "10000000")  # the environment wins
+    monkeypatch.setenv("BENCH_EXTRACT_MAX_MEMBERS", "3")
+    good.refused(("data", "fetch", "pets"), "more than 3 members", "$BENCH_EXTRACT_MAX_MEMBERS")
+    monkeypatch.setenv("BENCH_EXTRACT_MAX_MEMBERS", "many")
+    good.refused(("data", "fetch", "pets"), "$BENCH_EXTRACT_MAX_MEMBERS='many'")
+
+
+def test_list_status_after_a_refusal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A refused archive is never "fetched"; one refused in place says "refused"."""
+    monkeypatch.setenv("BENCH_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("BENCH_DATA_DIR", str(tmp_path / "data"))
+    bomb = _ratio_bomb(tmp_path / "bomb.tar.gz", "tar.gz")
+    entry = folders_entry(None, bomb, ["cat", "dog"], COUNTS)
+    write_manifest(tmp_path / "home", {"pets": entry})
+    code, _, err = run_cli(capsys, "data", "fetch", "pets", "--from", str(bomb))
+    assert code == 2 and "ratio above 100" in err and err.count("\n") == 1
+    _, out, _ = run_cli(capsys, "data", "list", "--json")
+    (row,) = json.loads(out)
+    assert row["status"] == "pinned" and not row["fetched"]
+    files = [p.name for p in (tmp_path / "data").rglob("*") if not p.is_dir()]
+    assert files == [".bomb.tar.gz.lock"]  # the fetch's lock; no archive, nothing extracted
+    # A good archive, fetched; then its extraction refused where it stands (a lower bound).
+    src = make_image_folders(tmp_path / "src", SPLITS)
+    good = make_tar(src, tmp_path / "good.tar.gz")
+    write_manifest(tmp_path / "home", {"pets": folders_entry(None, good, ["cat", "dog"], COUNTS)})
+    assert run_cli(capsys, "data", "fetch", "pets", "--from", str(good))[0] == 0
+    _, out, _ = run_cli(capsys, "data", "list", "--json")
+    assert json.loads(out)[0]["status"] == "fetched"
+    shutil.rmtree(tmp_path / "data" / "archives" / "extracted" / "pets")
+    monkeypatch.setenv("BENCH_EXTRACT_MAX_MEMBERS", "2")
+    code, _, err = run_cli(capsys, "data", "prepare", "pets", "--image-size", "8")
+    assert code == 2 and "more than 2 members" in err and err.count("\n") == 1
+    _, out, _ = run_cli(capsys, "data", "list", "--json")
+    (row,) = json.loads(out)
+    assert row["status"] == "refused" and not row["fetched"]
+    assert not (tmp_path / "data" / "archives" / "extracted" / "pets").exists()
+    assert not (tmp_path / "data" / "prepared" / "pets" / "8").exists()
+
+
+def test_lying_zip_header_is_refused(good: Good) -> None:
+    """A member whose header claims fewer bytes than its data: nothing of it is kept."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("train/cat/000.jpg", bytes(4 << 20))
+    raw = bytearray(buf.getvalue())
+    real = (4 << 20).to_bytes(4, "little")
+    for at in [i for i in range(len(raw) - 3) if raw[i : i + 4] == real]:
+        raw[at : at + 4] = (100).to_bytes(4, "little")  # local and central "file size"
+    good.point_at("/liar.zip", bytes(raw))
+    good.refused(("data", "fetch", "pets"), "pets.tar.gz")
+    assert len(list((good.data / "archives" / "extracted" / "pets").rglob("*.jpg"))) == 8
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 MiB tmpfs the test mounts itself (skipped where mounting is not allowed)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip() or proc.returncode}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_too_little_free_disk_is_refused_before_writing(
+    small_disk: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("BENCH_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("BENCH_DATA_DIR", str(small_disk / "data"))
+    src = make_image_folders(tmp_path / "src", SPLITS)
+    (src / "train" / "cat" / "noise.bin").write_bytes(os.urandom(8 << 20))  # incompressible
+    archive = make_tar(src, tmp_path / "pets.tar.gz")
+    write_manifest(
+        tmp_path / "home", {"pets": folders_entry(None, archive, ["cat", "dog"], COUNTS)}
+    )
+    code, _, err = run_cli(capsys, "data", "fetch", "pets", "--from", str(archive))
+    assert code == 2 and err.count("\n") == 1, err
+    assert "needs 8," in err and "free in" in err and "BENCH_DATA_DIR" in err
+    left = [p for p in (small_disk / "data").rglob("*") if p.is_file() and p.suffix != ".lock"]
+    assert left == []

@@ -189,3 +189,61 @@ def test_derived_subset_selects_parent_files_by_rule(
     extracted = env / "data" / "archives" / "extracted"
     assert sorted(p.name for p in extracted.iterdir() if p.is_dir()) == ["birds"]  # no copy
     assert cache.read_meta(cache.cache_dir("few", 8))["source"] == {"type": "derived"}
+
+
+def test_image_folders_without_val_are_refused_at_prepare(
+    env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A train/ + test/ dataset used to prepare fine and then fail every cell at run time."""
+    src = make_image_folders(env / "src", {"train": {"a": 4, "b": 5}, "test": {"a": 1, "b": 1}})
+    archive = make_tar(src, env / "tt.tar.gz")
+    entry = {
+        "source": _local(archive),
+        "layout": {"format": "image-folders"},
+        "classes": ["a", "b"],
+        "channels": 3,
+        "splits": {"train": 9, "test": 2},
+    }
+    write_manifest(env / "home", {"tt": entry})
+    assert run_cli(capsys, "data", "fetch", "tt", "--from", str(archive))[0] == 0
+    code, _, err = run_cli(capsys, "data", "prepare", "tt", "--image-size", "8")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "no 'val' split" in err and "val_from_train" in err
+    assert not (env / "data" / "prepared" / "tt" / "8").exists()
+
+
+@pytest.mark.parametrize(
+    ("rule", "per_class"),
+    [({"fraction": 0.25, "seed": 7}, {"a": 1, "b": 2, "c": 3}), ({"count": 2}, None)],
+    ids=["fraction", "count"],
+)
+def test_val_carved_from_train_per_class_seeded(
+    env: Path, capsys: pytest.CaptureFixture[str], rule: dict, per_class: dict | None
+) -> None:
+    train = {"a": 4, "b": 6, "c": 11}
+    src = make_image_folders(env / "src", {"train": train, "test": {"a": 1, "b": 1, "c": 1}})
+    archive = make_tar(src, env / "tt.tar.gz")
+    val = per_class or dict.fromkeys(train, rule.get("count"))
+    n_val = sum(val.values())
+    entry = {
+        "source": _local(archive),
+        "layout": {"format": "image-folders", "val_from_train": rule},
+        "classes": ["a", "b", "c"],
+        "channels": 3,
+        "splits": {"train": sum(train.values()) - n_val, "val": n_val, "test": 3},
+    }
+    write_manifest(env / "home", {"tt": entry})
+    assert run_cli(capsys, "data", "fetch", "tt", "--from", str(archive))[0] == 0
+    code, _, err = run_cli(capsys, "data", "prepare", "tt", "--image-size", "8")
+    assert code == 0, err
+    t, v = open_split("tt", "train", 8), open_split("tt", "val", 8)
+    assert {c: int((v.labels == i).sum()) for i, c in enumerate("abc")} == val
+    assert {c: int((t.labels == i).sum()) for i, c in enumerate("abc")} == {
+        c: train[c] - val[c] for c in train
+    }
+    t_rows = {bytes(x) for x in np.asarray(t.images)}
+    v_rows = {bytes(x) for x in np.asarray(v.images)}
+    assert not t_rows & v_rows and len(t_rows | v_rows) == sum(train.values())  # a partition
+    digest = v.digest
+    assert run_cli(capsys, "data", "prepare", "tt", "--image-size", "8")[0] == 0
+    assert open_split("tt", "val", 8).digest == digest  # seeded: the same carve every time

@@ -122,6 +122,33 @@ def test_bad_manifest_file_exits_2_with_one_line(
         (lambda e: e.update(regime={"data": "huge", "domain": "similar"}), "regime.data"),
         (lambda e: e.update(regime={"data": "big"}), "regime.domain: missing field"),
         (lambda e: e.update(regime={"data": "big", "domain": "similar", "x": 1}), "regime.x"),
+        (
+            lambda e: e["layout"].update(splits={"train": "../../other/train", "val": "val"}),
+            "layout.splits.train: expected a path inside the dataset's folder",
+        ),
+        (lambda e: e["layout"].update(root="/etc"), "layout.root: expected a path inside"),
+        (lambda e: e["layout"].update(root="a/../.."), "(it climbs out)"),
+        (lambda e: e["layout"].update(root="C:\\data"), "layout.root: expected a path inside"),
+        (
+            lambda e: e["layout"].update(val_from_train={"fraction": 1.5}),
+            "layout.val_from_train.fraction: expected 0 < fraction < 1",
+        ),
+        (
+            lambda e: e["layout"].update(val_from_train={"fraction": 0.1, "count": 2}),
+            "layout.val_from_train: give exactly one of fraction",
+        ),
+        (
+            lambda e: e["layout"].update(format="npz", val_from_train={"count": 2}),
+            "only image-folders layouts carve val out of train",
+        ),
+        (
+            lambda e: e["layout"].update(
+                splits={"train": "t", "val": "v"}, val_from_train={"count": 1}
+            ),
+            "val comes from val_from_train",
+        ),
+        (lambda e: e["layout"].update(extract={"max_bytes": 0}), "layout.extract.max_bytes"),
+        (lambda e: e["layout"].update(extract={"max_files": 9}), "layout.extract.max_files"),
     ],
     ids=[
         "no-splits",
@@ -139,6 +166,16 @@ def test_bad_manifest_file_exits_2_with_one_line(
         "regime-value",
         "regime-missing",
         "regime-unknown-key",
+        "layout-path-dotdot",
+        "layout-root-absolute",
+        "layout-root-climbs",
+        "layout-root-windows",
+        "val-fraction",
+        "val-both",
+        "val-not-image-folders",
+        "val-and-folder",
+        "extract-bound",
+        "extract-unknown",
     ],
 )
 def test_bad_manifest_field_names_the_field(
@@ -212,3 +249,67 @@ def test_weights_pins_live_in_the_source_only(
     code, _, err = run_cli(capsys, "data", "list")
     assert code == 2 and err.count("\n") == 1
     assert "manifest.weights.w.sha256: move it into manifest.weights.w.source" in err, err
+
+
+def _dup_text(first: dict, second: dict) -> str:
+    """A manifest whose datasets object names ``pets`` twice (JSON keeps the last copy)."""
+    head = json.dumps({"kind": KIND, "schema": 1})[:-1]
+    return f'{head}, "datasets": {{"pets": {json.dumps(first)}, "pets": {json.dumps(second)}}}}}'
+
+
+def test_duplicate_keys_are_refused_with_their_path(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The issue's case: a second copy of an entry silently won, and prepare rebuilt from it."""
+    from data_fixtures import files_under, folders_entry, make_image_folders, make_tar
+
+    src = make_image_folders(
+        home.parent / "src", {"train": {"a": 3, "b": 3}, "val": {"a": 1, "b": 1}}
+    )
+    archive = make_tar(src, home.parent / "pets.tar.gz")
+    good = folders_entry(None, archive, ["a", "b"], {"train": 6, "val": 2})
+    write_manifest(home, {"pets": good})
+    assert run_cli(capsys, "data", "fetch", "pets", "--from", str(archive))[0] == 0
+    assert run_cli(capsys, "data", "prepare", "pets", "--image-size", "8")[0] == 0
+    prepared = home.parent / "data" / "prepared" / "pets"
+    before = files_under(prepared)
+    other = json.loads(json.dumps(good))
+    other["layout"]["splits"] = {"train": "val", "val": "val"}  # a different dataset
+    other["splits"] = {"train": 2, "val": 2}
+    path = home / "data" / "manifest.json"
+    path.write_text(_dup_text(good, other))
+    for argv in (("data", "prepare", "pets", "--image-size", "8"), ("data", "list")):
+        code, _, err = run_cli(capsys, *argv)
+        assert code == 2 and err.count("\n") == 1, err
+        assert "duplicate key manifest.datasets.pets" in err and str(path) in err
+    assert files_under(prepared) == before  # the good cache is untouched
+    nested = json.dumps({"kind": KIND, "schema": 1, "datasets": {"pets": good}})
+    nested = nested.replace('"channels": 3', '"channels": 3, "channels": 1')
+    path.write_text(nested)
+    code, _, err = run_cli(capsys, "data", "list")
+    assert code == 2 and "duplicate key manifest.datasets.pets.channels" in err
+
+
+def test_layout_path_outside_the_dataset_is_refused(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The issue's case: ``../../other/train`` prepared another dataset's files."""
+    from data_fixtures import folders_entry, make_image_folders, make_tar
+
+    splits = {"train": {"a": 2, "b": 2}, "val": {"a": 1, "b": 1}}
+    other = make_tar(make_image_folders(home.parent / "o", splits), home.parent / "other.tar.gz")
+    mine = make_tar(make_image_folders(home.parent / "m", splits, seed=1), home.parent / "m.tgz")
+    counts = {"train": 4, "val": 2}
+    datasets = {
+        "other": folders_entry(None, other, ["a", "b"], counts),
+        "pets": folders_entry(None, mine, ["a", "b"], counts),
+    }
+    write_manifest(home, datasets)
+    for name, archive in (("other", other), ("pets", mine)):
+        assert run_cli(capsys, "data", "fetch", name, "--from", str(archive))[0] == 0
+    datasets["pets"]["layout"]["splits"] = {"train": "../../other/train", "val": "val"}
+    write_manifest(home, datasets)
+    code, _, err = run_cli(capsys, "data", "prepare", "pets", "--image-size", "8")
+    assert code == 2 and err.count("\n") == 1
+    assert "datasets.pets.layout.splits.train" in err and "'../../other/train'" in err
+    assert not (home.parent / "data" / "prepared" / "pets").exists()

@@ -1,0 +1,169 @@
+"""Awkward but legal images, from Pillow's own test suite, packed by GNU tar and Info-ZIP.
+
+Every image mode a real dataset holds becomes the 8-bit RGB a viewer shows: EXIF-rotated
+JPEGs upright, 16-bit grayscale with its contrast, alpha composited onto white, CMYK and
+palettes converted; ``meta.json`` counts the conversions. A decompression bomb is named
+and refused even with ``--skip-corrupt``. The material is in ``tests/material`` (README).
+"""
+
+from __future__ import annotations
+
+import shutil
+import struct
+import subprocess
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from data_fixtures import folders_entry, run_cli, write_manifest
+from PIL import Image
+
+from harness.datasets import cache
+from harness.datasets.loader import open_split
+
+MATERIAL = Path(__file__).resolve().parent / "material"
+SIZE = 64
+ROTATED = ("hopper_orientation_3.jpg", "hopper_orientation_6.jpg", "hopper_orientation_8.jpg")
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("BENCH_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("BENCH_DATA_DIR", str(tmp_path / "data"))
+    return tmp_path
+
+
+def _tree(root: Path) -> dict[str, list[str]]:
+    """train/a: every material file plus a 16-bit PNG of the TIFF's pixels; val/a: hopper."""
+    train = root / "train" / "a"
+    train.mkdir(parents=True)
+    for f in MATERIAL.iterdir():
+        if f.suffix != ".md":
+            shutil.copy(f, train / f.name)
+    with Image.open(MATERIAL / "16bit.cropped.tif") as im:
+        assert im.mode == "I;16"
+        im.save(train / "16bit.png")  # Pillow writes a 16-bit grayscale PNG
+    val = root / "val" / "a"
+    val.mkdir(parents=True)
+    shutil.copy(MATERIAL / "hopper.jpg", val / "hopper.jpg")
+    return {"train": sorted(p.name for p in train.iterdir()), "val": ["hopper.jpg"]}
+
+
+def _pack(tool: str, src: Path, out: Path) -> Path:
+    if shutil.which(tool) is None:
+        pytest.skip(f"{tool} is not installed (apt-get install {tool})")
+    if tool == "tar":
+        cmd = ["tar", "-czf", str(out), "-C", str(src), "train", "val"]
+    else:
+        cmd = ["zip", "-q", "-r", str(out), "train", "val"]
+    subprocess.run(cmd, cwd=src, check=True)
+    return out
+
+
+def _prepared(env: Path, capsys: pytest.CaptureFixture[str], tool: str) -> dict[str, list[str]]:
+    names = _tree(env / "src")
+    archive = _pack(tool, env / "src", env / ("awkward.tar.gz" if tool == "tar" else "awk.zip"))
+    counts = {split: len(files) for split, files in names.items()}
+    write_manifest(env / "home", {"awkward": folders_entry(None, archive, ["a"], counts)})
+    code, _, err = run_cli(capsys, "data", "fetch", "awkward", "--from", str(archive))
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "data", "prepare", "awkward", "--image-size", str(SIZE))
+    assert code == 0, err
+    assert "converted:" in out
+    return names
+
+
+def _row(names: dict[str, list[str]], name: str) -> np.ndarray:
+    return np.asarray(open_split("awkward", "train", SIZE).images[names["train"].index(name)])
+
+
+@pytest.mark.parametrize("tool", ["tar", "zip"])
+def test_awkward_images_decode_as_a_viewer_shows_them(
+    env: Path, capsys: pytest.CaptureFixture[str], tool: str
+) -> None:
+    names = _prepared(env, capsys, tool)
+    upright = _row(names, "hopper.jpg").astype(int)
+
+    # EXIF orientation: each rotated file, once turned upright, matches the upright portrait
+    # (up to JPEG re-encoding); read raw, it would not.
+    for name in ROTATED:
+        assert np.abs(_row(names, name).astype(int) - upright).mean() < 8, name
+        with Image.open(MATERIAL / name) as im:
+            raw = np.asarray(im.convert("RGB").resize((SIZE, SIZE), Image.Resampling.BILINEAR))
+        assert np.abs(raw.astype(int) - upright).mean() > 30, name
+
+    # 16-bit grayscale keeps its contrast: values 291…694 stretched over 0…255, by the rule.
+    with Image.open(MATERIAL / "16bit.cropped.tif") as im:
+        v = np.asarray(im).astype(np.int64)
+    want = ((v - v.min()) * 255 + (v.max() - v.min()) // 2) // (v.max() - v.min())
+    for name in ("16bit.png", "16bit.cropped.tif"):
+        row = _row(names, name)
+        assert np.array_equal(row[..., 0], want) and np.array_equal(row[..., 2], want), name
+        assert row.min() == 0 and row.max() == 255 and len(np.unique(row)) > 100  # was 1
+
+    # Alpha composited onto white: LA, and a palette with one transparent index.
+    with Image.open(MATERIAL / "uncompressed_la.png") as im:
+        la = np.asarray(im).astype(np.int64)
+    white = (la[..., 0] * la[..., 1] + 255 * (255 - la[..., 1]) + 127) // 255
+    small = Image.fromarray(white.astype(np.uint8)).resize((SIZE, SIZE), Image.Resampling.BILINEAR)
+    assert (
+        np.abs(_row(names, "uncompressed_la.png")[..., 0].astype(int) - np.asarray(small)).max()
+        <= 1
+    )
+    with Image.open(MATERIAL / "p_trns_single.png") as im:
+        clear = np.asarray(im) == im.info["transparency"]
+    p_row = _row(names, "p_trns_single.png")
+    assert clear.any() and (p_row[clear] == 255).all()
+
+    # CMYK converted to RGB (Pillow's conversion), not four channels cut to three.
+    with Image.open(MATERIAL / "pil_sample_cmyk.jpg") as im:
+        assert im.mode == "CMYK"
+        cmyk = np.asarray(im.convert("RGB").resize((SIZE, SIZE), Image.Resampling.BILINEAR))
+    assert np.array_equal(_row(names, "pil_sample_cmyk.jpg"), cmyk)
+
+    meta = cache.read_meta(cache.cache_dir("awkward", SIZE))
+    assert meta["conversions"] == {
+        "alpha": 3,  # uncompressed_la, p_trns_single, i_trns (16-bit with tRNS)
+        "cmyk": 1,
+        "exif-orientation": 3,
+        "grayscale": 2,  # the 16-bit TIFF and PNG
+        "high-bit-depth": 3,  # ... and i_trns
+    }
+
+
+def _png(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims ``width``×``height`` 8-bit grayscale pixels."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(
+    ("width", "needle"),
+    [(10_000, "above the decompression-bomb limit"), (30_000, "decompression bomb")],
+    ids=["over-the-limit", "pillow-bomb-error"],
+)
+def test_decompression_bomb_image_is_named_and_refused(
+    env: Path, capsys: pytest.CaptureFixture[str], width: int, needle: str
+) -> None:
+    src = env / "src"
+    for split in ("train", "val"):
+        (src / split / "a").mkdir(parents=True)
+        shutil.copy(MATERIAL / "hopper.jpg", src / split / "a" / "hopper.jpg")
+    (src / "train" / "a" / "huge.png").write_bytes(_png(width, width))
+    archive = _pack("tar", src, env / "bomb.tar.gz")
+    write_manifest(env / "home", {"b": folders_entry(None, archive, ["a"], {"train": 2, "val": 1})})
+    assert run_cli(capsys, "data", "fetch", "b", "--from", str(archive))[0] == 0
+    for extra in ((), ("--skip-corrupt",)):  # a bomb is not a corrupt file to skip
+        code, _, err = run_cli(capsys, "data", "prepare", "b", "--image-size", "16", *extra)
+        assert code == 2 and err.count("\n") == 1, err
+        assert "huge.png" in err and needle in err
+        assert not (env / "data" / "prepared" / "b" / "16").exists()
+        assert [p for p in (env / "data" / "prepared").rglob("*") if "staging" in p.name] == []
