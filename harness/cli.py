@@ -47,6 +47,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "harness.commands.baseline",
     "harness.commands.report",
     "harness.commands.history",
+    "harness.commands.dashboard",
+    "harness.commands.export",
     "harness.commands.pretrain",
     "harness.commands.docker",
 )

@@ -28,7 +28,6 @@ InputError (exit 2).
 from __future__ import annotations
 
 import math
-import sys
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -40,7 +39,7 @@ from tabulate import tabulate
 from harness import baseline as baseline_mod
 from harness import env, jsonio, results
 from harness.baseline import Baseline
-from harness.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, BenchError, InputError
+from harness.errors import EXIT_FAILURE, EXIT_OK, InputError
 from harness.results import CellResult, RunInfo, Throughput
 
 REGRESSION = "regression"
@@ -498,41 +497,3 @@ def render_json(comparison: Comparison) -> str:
     """Machine-readable verdicts (versioned, like every JSON the harness emits)."""
     data = {**comparison.to_dict(), "kind": COMPARISON_KIND, "schema": COMPARISON_SCHEMA}
     return jsonio.dumps(data)
-
-
-def after_run(run_dir: Path, *, baseline_path: Path | None = None) -> int:
-    """The end of ``bench all``: compare with the baseline if there is one, write the report.
-
-    Prints the verdict table (or "no baseline for profile X"), writes the report and
-    prints where it is. Returns the comparison's exit code (1 on a regression or a failed
-    cell), 0 without a baseline (the caller counts failed cells itself), and 2 when the
-    baseline cannot be used (an explicit ``--baseline`` that is missing, unreadable, of
-    another profile or schema): that error is one line, the report is still written
-    (without verdicts), and a broken gate never passes silently.
-    """
-    from harness import report  # late import: report imports this module
-
-    run_dir = Path(run_dir)
-    info = results.read_run(run_dir)
-    comparison = None
-    code = EXIT_OK
-    try:
-        base = find_baseline(info.profile, baseline_path)
-    except BenchError as exc:
-        print(f"bench: error: {exc.message}", file=sys.stderr)
-        code = EXIT_BAD_INPUT
-    else:
-        if base is None:
-            print(
-                f"no baseline for profile {info.profile} "
-                f"({baseline_mod.default_path(info.profile)}); accept one with "
-                f"`bench baseline accept {info.run_id}`"
-            )
-        else:
-            comparison = compare_cells(
-                info, results.read_cells(run_dir), base, baseline_path=base.path
-            )
-            print(render_table(comparison))
-            code = comparison.exit_code
-    print(f"report: {report.write_report(run_dir, comparison=comparison)}")
-    return code

@@ -225,32 +225,6 @@ def test_seed_repeats_widen_the_accuracy_allowance(tmp_path):
     assert m.verdict == compare.WITHIN_NOISE and comparison.exit_code == 0
 
 
-def test_after_run_without_and_with_baseline(tmp_path, capsys):
-    run_dir = runkit.write_run(tmp_path, runkit.standard_cells(), run_id="r-base")
-    assert compare.after_run(run_dir) == 0
-    out = capsys.readouterr().out
-    assert "no baseline for profile smoke" in out
-    assert f"report: {run_dir / 'report' / 'report.md'}" in out
-    _accept(run_dir)
-    cid = "synth-few/fine-tune/float32/s0"
-    bad = runkit.write_run(tmp_path, _cells_with(cid, best_val_accuracy=0.5), run_id="r-bad")
-    assert compare.after_run(bad) == 1
-    out = capsys.readouterr().out
-    assert "FAIL: run r-bad vs baseline r-base" in out and (bad / "report" / "report.md").is_file()
-    # A stored baseline that cannot be used: exit 2 with one line, the report still written.
-    bl = tmp_path / "reports" / "baselines" / "smoke.json"
-    bl.write_text('{"kind": "transfer-bench.baseline", "schema": 99}')
-    (bad / "report" / "report.md").unlink()
-    assert compare.after_run(bad) == 2
-    captured = capsys.readouterr()
-    assert captured.err.count("\n") == 1 and "schema 99 is not supported" in captured.err
-    assert (bad / "report" / "report.md").is_file()
-    # An explicit --baseline that does not exist is bad input, never "no baseline".
-    assert compare.after_run(bad, baseline_path=tmp_path / "typo.json") == 2
-    captured = capsys.readouterr()
-    assert captured.err.count("\n") == 1 and "typo.json: no such file" in captured.err
-
-
 def test_unknown_hardware_identity_is_not_gated(tmp_path):
     """Fingerprints that both lack the CPU model do not prove the same machine."""
     env = runkit.environment()

@@ -1,0 +1,52 @@
+"""``bench export mlflow RUN [--tracking-uri URI] [--experiment NAME]``: a run into MLflow."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from harness import baseline
+from harness.errors import EXIT_OK, InputError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a run to another tool (MLflow)")
+    targets = p.add_subparsers(dest="target", metavar="TARGET")
+    targets.required = True
+    m = targets.add_parser(
+        "mlflow",
+        help="one MLflow run per cell, in one experiment per profile",
+        description=(
+            "Log every cell of RUN as an MLflow run (params: the resolved config; metrics: "
+            "per-epoch history with steps, throughput, memory, time; tags: run and cell ids, "
+            "status, the environment fingerprint; artifacts: the cell and run JSON, the "
+            "report, the TensorBoard events). Exporting the same run again updates its MLflow "
+            "runs (found by their bench.run_id and bench.cell_id tags) instead of adding more. "
+            "Needs the mlflow extra."
+        ),
+    )
+    m.add_argument("run", metavar="RUN", help="run id under reports/runs/, or a run folder")
+    m.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="e.g. sqlite:///mlflow.db, a folder, or a server such as http://127.0.0.1:5000 "
+        "(default: $MLFLOW_TRACKING_URI)",
+    )
+    m.add_argument(
+        "--experiment", default=None, help="experiment name (default: transfer-bench-<profile>)"
+    )
+    m.set_defaults(func=run_mlflow)
+
+
+def run_mlflow(args: argparse.Namespace) -> int:
+    from harness.exporters import mlflow as mlflow_export
+
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        raise InputError(
+            "bench export mlflow: no tracking URI; pass --tracking-uri URI (e.g. "
+            "sqlite:///mlflow.db or http://127.0.0.1:5000) or set MLFLOW_TRACKING_URI"
+        )
+    run_dir = baseline.resolve_run_dir(args.run)
+    print(mlflow_export.export_run(run_dir, tracking_uri=uri, experiment=args.experiment).summary())
+    return EXIT_OK
