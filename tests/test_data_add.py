@@ -1,0 +1,199 @@
+"""Bringing your own dataset: `bench data add` on a folder and on a GNU tar archive, then a
+real training cell on each, through a profile file, ending in the report.
+
+Everything lives in a temporary BENCH_HOME (its own manifest) and BENCH_DATA_DIR; the
+repository's ``data/manifest.json`` is never touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from data_fixtures import files_under, http_server, make_image_folders, run_cli, write_manifest
+
+from harness import results
+from harness.manifest import LocalSource, load_manifest
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = [sys.executable, "-m", "harness.cli"]
+PROFILE = """
+[tolerances]
+accuracy_points = 100.0
+throughput_relative = 0.9
+[defaults]
+image_size = 32
+alpha = 0.35
+weights = "none"
+batch_size = 8
+epochs = 1
+augmentation = "none"
+warmup_steps = 1
+inference_batch = 8
+inference_steps = 2
+inference_warmup = 1
+[[cells]]
+datasets = ["pets", "birds"]
+strategies = ["scratch"]
+precisions = ["float32"]
+seeds = [0]
+"""
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("BENCH_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("BENCH_DATA_DIR", str(tmp_path / "data"))
+    write_manifest(tmp_path / "home", {})
+    return tmp_path / "home"
+
+
+def _manifest_bytes(home: Path) -> bytes:
+    return (home / "data" / "manifest.json").read_bytes()
+
+
+def _folder(tmp: Path) -> Path:
+    """Train and test class folders, no val (the common case the issue reports)."""
+    return make_image_folders(
+        tmp / "pets", {"train": {"cat": 12, "dog": 12}, "test": {"cat": 2, "dog": 2}}
+    )
+
+
+def _tarball(tmp: Path) -> Path:
+    """birds/{train,valid}/<class>/*.png wrapped in one folder, packed by GNU tar."""
+    make_image_folders(
+        tmp / "t" / "birds",
+        {"train": {"owl": 8, "tit": 8, "wren": 8}, "valid": {"owl": 2, "tit": 2, "wren": 2}},
+        fmt="PNG",
+    )
+    out = tmp / "birds.tar.gz"
+    subprocess.run(["tar", "-czf", str(out), "-C", str(tmp / "t"), "birds"], check=True)
+    return out
+
+
+@pytest.mark.slow
+def test_add_a_folder_and_an_archive(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = _folder(tmp_path)
+    before = _manifest_bytes(home)
+
+    # No val split: refused with the way out, and nothing written anywhere.
+    code, _, err = run_cli(capsys, "data", "add", "pets", "--from", str(folder))
+    assert code == 2 and err.count("\n") == 1, err
+    assert "no val split" in err and "--val-from-train 0.1" in err
+    assert _manifest_bytes(home) == before
+    assert files_under(tmp_path / "data") == {}
+
+    code, out, err = run_cli(
+        capsys, "data", "add", "pets", "--from", str(folder), "--val-from-train", "0.25"
+    )
+    assert code == 0, err
+    entry = load_manifest().dataset("pets")
+    assert entry.class_names == ("cat", "dog") and entry.channels == 3
+    assert entry.splits == {"train": 18, "val": 6, "test": 4}
+    assert entry.layout["val_from_train"] == {"fraction": 0.25, "seed": 0}
+    assert isinstance(entry.source, LocalSource) and entry.source.filename == "pets.tar"
+    packed = tmp_path / "data" / "archives" / "pets.tar"
+    assert entry.source.sha256 == hashlib.sha256(packed.read_bytes()).hexdigest()
+    assert entry.regime == {"data": "small", "domain": "similar"}
+    assert "24 train images" not in (entry.regime_derived or "")  # counts after the carve
+    assert "18 train images < 4000" in (entry.regime_derived or "")
+    assert "derived" in out
+    # The packed folder is reproducible: packing it again verifies against the pin.
+    code, out, err = run_cli(capsys, "data", "fetch", "pets", "--from", str(folder))
+    assert code == 0, err
+
+    # An existing name is refused (manifest unchanged) unless --force.
+    pinned = _manifest_bytes(home)
+    code, _, err = run_cli(capsys, "data", "add", "pets", "--from", str(folder))
+    assert code == 2 and "already in" in err and "--force" in err
+    assert _manifest_bytes(home) == pinned
+
+    archive = _tarball(tmp_path)
+    code, out, err = run_cli(
+        capsys,
+        "data",
+        "add",
+        "birds",
+        "--from",
+        str(archive),
+        "--regime",
+        "data=small,domain=similar",
+    )
+    assert code == 0, err
+    birds = load_manifest().dataset("birds")
+    assert birds.class_names == ("owl", "tit", "wren")
+    assert birds.splits == {"train": 24, "val": 6}
+    assert birds.layout == {
+        "format": "image-folders",
+        "root": "birds",
+        "splits": {"train": "train", "val": "valid"},
+    }
+    assert birds.source.sha256 == hashlib.sha256(archive.read_bytes()).hexdigest()
+    assert birds.regime == {"data": "small", "domain": "similar"} and birds.regime_derived is None
+    _, out, _ = run_cli(capsys, "data", "list", "--json")
+    assert {r["name"]: r["status"] for r in json.loads(out)} == {
+        "pets": "fetched",
+        "birds": "fetched",
+    }
+
+    # The whole path: prepare one (the pre-flight prepares the other), run, report.
+    code, out, err = run_cli(capsys, "data", "prepare", "pets", "--image-size", "32")
+    assert code == 0, err
+    profile = tmp_path / "mine.toml"
+    profile.write_text(PROFILE)
+    runs = tmp_path / "runs"
+    proc = subprocess.run(
+        [*BENCH, "all", "--profile", str(profile), "--runs-dir", str(runs), "--run-id", "mine"],
+        cwd=REPO,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stderr.count("pre-flight: preparing birds at 32 px") == 1
+    assert "preparing pets" not in proc.stderr  # already prepared
+    for dataset, n_train, n_val in (("pets", 18, 6), ("birds", 24, 6)):
+        res = results.read_cell(
+            runs / "mine" / "cells" / results.cell_filename(f"{dataset}/scratch/float32/s0")
+        )
+        assert res.ok, res.error
+        assert res.config["effective"]["train_examples"] == n_train
+        assert res.config["effective"]["val_examples"] == n_val
+        assert res.config["input"] == "real" and res.config["data_digests"]["prepared"]
+    assert (runs / "mine" / "report" / "report.md").is_file()
+
+
+def test_add_from_a_url(home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    archive = _tarball(tmp_path)
+    with http_server() as server:
+        server.routes["/files/birds.tar.gz"] = ("ok", archive.read_bytes(), 0)
+        url = server.url("/files/birds.tar.gz")
+        code, _, err = run_cli(capsys, "data", "add", "birds", "--from", url)
+        assert code == 0, err
+    birds = load_manifest().dataset("birds")
+    assert birds.source.url == url and birds.source.filename == "birds.tar.gz"
+    assert birds.source.sha256 == hashlib.sha256(archive.read_bytes()).hexdigest()
+    assert birds.regime_derived and "bench data add" in birds.regime_derived
+
+
+def test_add_refuses_a_file_that_is_not_an_image(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = _folder(tmp_path)
+    (folder / "train" / "cat" / "notes.txt").write_text("not a picture\n")
+    before = _manifest_bytes(home)
+    code, _, err = run_cli(
+        capsys, "data", "add", "pets", "--from", str(folder), "--val-from-train", "2"
+    )
+    assert code == 2 and err.count("\n") == 1
+    assert "notes.txt" in err and "not an image" in err
+    assert _manifest_bytes(home) == before
+    assert [p for p in (tmp_path / "data").rglob("*") if p.is_file()] == []
