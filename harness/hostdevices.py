@@ -39,12 +39,26 @@ def _cc(text: str) -> tuple[int, int] | None:
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
+def _driver_gpus() -> tuple[backend.Device, ...]:
+    """GPUs the NVIDIA driver lists when ``nvidia-smi`` is absent (capability unknown)."""
+    folder = Path("/proc/driver/nvidia/gpus")
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None and env.strip().lower() in _HIDDEN:
+        return ()
+    try:
+        found = sorted(folder.iterdir()) if folder.is_dir() else []
+    except OSError:
+        found = []
+    return tuple(backend.Device("GPU", f"NVIDIA GPU {p.name}", None) for p in found)
+
+
 @functools.cache
 def nvidia_gpus() -> tuple[backend.Device, ...]:
-    """The visible NVIDIA GPUs per ``nvidia-smi`` (compute capability None if it cannot say)."""
+    """The visible NVIDIA GPUs per ``nvidia-smi`` (compute capability None if it cannot say;
+    without ``nvidia-smi``, the driver's list with unknown capabilities)."""
     smi = shutil.which("nvidia-smi")
     if not smi:
-        return ()
+        return _driver_gpus()
     for fields in ("index,uuid,name,compute_cap", "index,uuid,name"):
         try:
             out = subprocess.run(
