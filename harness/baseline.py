@@ -106,18 +106,48 @@ def write(baseline: Baseline, path: Path) -> Path:
 
 
 def load(path: Path, *, profile: str | None = None) -> Baseline:
-    """Read a baseline; refuse another kind/schema, a malformed record or another profile."""
+    """Read a baseline; refuse another kind/schema, a malformed record or another profile.
+
+    Every value is checked, the cells as :func:`harness.results.cell_from_dict` checks a
+    run's (types, finite numbers, accuracies in [0, 1] …), so a baseline with ``NaN`` or a
+    string where a number belongs is refused (exit 2) instead of switching the gate off.
+    """
     path = Path(path)
     data = jsonio.read_json(path, kind=BASELINE_KIND, schema=BASELINE_SCHEMA)
     required = ("profile", "run_id", "accepted_at", "environment", "tolerances", "cells")
     missing = [k for k in required if k not in data]
     if missing:
         raise InputError(f"{path}: baseline lacks field(s) {missing}; accept the baseline again")
-    if not isinstance(data["cells"], list):
-        raise InputError(f"{path}: 'cells' must be a list, got {type(data['cells']).__name__}")
-    cells = tuple(
-        results.cell_from_dict(c, f"{path}: cells[{i}]") for i, c in enumerate(data["cells"])
-    )
+    types: dict[str, tuple[type, ...]] = {
+        "profile": (str,),
+        "run_id": (str,),
+        "accepted_at": (str,),
+        "environment": (dict,),
+        "tolerances": (dict,),
+        "cells": (list,),
+        "manifest_digest": (str,),
+        "git_commit": (str, type(None)),
+        "forced": (bool,),
+    }
+    for key, kinds in types.items():
+        if key in data and not isinstance(data[key], kinds):
+            wanted = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+            raise InputError(
+                f"{path}: baseline field {key!r} must be {wanted}, got {type(data[key]).__name__}"
+                "; accept the baseline again"
+            )
+    unknown = sorted(set(data) - set(types) - {"kind", "schema"})
+    if unknown:
+        raise InputError(f"{path}: unknown baseline field(s) {unknown}; accept the baseline again")
+    results.check_tolerances(data["tolerances"], f"{path}: tolerances")
+    try:
+        cells = tuple(
+            results.cell_from_dict(c, f"{path}: cells[{i}]") for i, c in enumerate(data["cells"])
+        )
+    except InputError as exc:
+        raise InputError(
+            f"{exc.message}; accept a baseline again (bench baseline accept RUN)"
+        ) from None
     got = data["profile"]
     if profile is not None and got != profile:
         raise InputError(
@@ -125,39 +155,68 @@ def load(path: Path, *, profile: str | None = None) -> Baseline:
             f"pass --baseline reports/baselines/{profile}.json or accept a {profile!r} baseline"
         )
     return Baseline(
-        profile=str(got),
-        run_id=str(data["run_id"]),
-        accepted_at=str(data["accepted_at"]),
-        environment=dict(data["environment"] or {}),
-        tolerances=dict(data["tolerances"] or {}),
-        manifest_digest=str(data.get("manifest_digest", "")),
+        profile=got,
+        run_id=data["run_id"],
+        accepted_at=data["accepted_at"],
+        environment=dict(data["environment"]),
+        tolerances=dict(data["tolerances"]),
+        manifest_digest=data.get("manifest_digest", ""),
         git_commit=data.get("git_commit"),
         cells=cells,
-        forced=bool(data.get("forced", False)),
+        forced=data.get("forced", False),
         path=path,
     )
+
+
+def _planned_cell_ids(info: RunInfo, where: Path) -> list[str] | None:
+    """The cell ids of the run's whole matrix (from run.json), or None when not recorded."""
+    from harness.matrix import CellSpec  # the matrix knows how a cell id is spelled
+
+    cells = info.matrix.get("cells")
+    if not isinstance(cells, list):
+        return None
+    try:
+        return [CellSpec(**c).cell_id for c in cells]
+    except TypeError as exc:
+        raise InputError(f"{where}: run.json matrix.cells does not parse ({exc})") from None
 
 
 def accept(
     run_dir: Path, *, force: bool = False, path: Path | None = None
 ) -> tuple[Path, Baseline]:
-    """Make ``run_dir`` the baseline of its profile; refuse failed cells unless ``force``.
+    """Make ``run_dir`` the baseline of its profile.
 
-    An incomplete run (planned cells without a result) is refused too (InputError, exit 2).
+    Refused (InputError, exit 2): a dry run, ever (its numbers come from a couple of steps
+    on random stand-ins; as a baseline it would make every real run "not comparable", so
+    the gate would be off); without ``force``, a partial run (an ``--only`` subset of its
+    matrix, or planned cells without a result).
 
-    Refusal raises :class:`RunFailure` (exit 1) naming the failed cells, because a failed
-    cell in a baseline would silently turn the next failure of that cell into "no change".
+    Failed cells are refused with :class:`RunFailure` (exit 1) unless ``force``, because a
+    failed cell in a baseline would silently turn the next failure of that cell into "no
+    change".
     """
     info = results.read_run(run_dir)
+    if info.matrix.get("dry_run"):
+        raise InputError(
+            f"run {info.run_id!r} is a dry run (a couple of steps on random stand-ins): its "
+            "numbers cannot be a baseline; accept a run made without --dry-run"
+        )
     cells = results.read_cells(run_dir)
     if not cells:
         raise InputError(f"{run_dir}: run {info.run_id!r} has no cell results; nothing to accept")
+    planned = _planned_cell_ids(info, run_dir / "run.json")
+    left_out = sorted(set(planned or ()) - set(info.cell_ids))
+    if left_out and not force:
+        raise InputError(
+            f"run {info.run_id!r} ran {len(info.cell_ids)} of the {len(planned or ())} cells of "
+            f"profile {info.profile!r} (an --only subset; not run: {_some(left_out)}); run the "
+            "whole matrix, or pass --force to accept the subset as the whole baseline"
+        )
     missing = sorted(set(info.cell_ids) - {c.cell_id for c in cells})
     if missing and not force:
         raise InputError(
             f"run {info.run_id!r} is incomplete: {len(missing)} planned cell(s) have no result "
-            f"({', '.join(missing[:3])}{', …' if len(missing) > 3 else ''}); "
-            f"finish it with `bench all --resume` or pass --force"
+            f"({_some(missing)}); finish it with `bench all --resume` or pass --force"
         )
     failed = [c.cell_id for c in cells if c.status == "failed"]
     if failed and not force:
@@ -165,7 +224,11 @@ def accept(
             f"run {info.run_id!r} has {len(failed)} failed cell(s) ({', '.join(failed)}); "
             "refusing to accept it as baseline; fix the cells or pass --force"
         )
-    base = from_run(info, cells, forced=bool(failed or missing))
+    base = from_run(info, cells, forced=bool(failed or missing or left_out))
     target = Path(path) if path is not None else default_path(info.profile)
     write(base, target)
     return target, base
+
+
+def _some(ids: list[str]) -> str:
+    return ", ".join(ids[:3]) + (", …" if len(ids) > 3 else "")

@@ -36,6 +36,7 @@ from harness.errors import (
     EXIT_SIGINT,
     EXIT_SIGTERM,
     BenchError,
+    RunStopped,
     Terminated,
 )
 
@@ -59,10 +60,10 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (EXIT_FAILURE, "a regression was found or a cell failed"),
     (
         EXIT_BAD_INPUT,
-        "bad usage or bad input (arguments, matrix, manifest, data, baseline, "
-        "a run folder in use, a file system that refuses a read or write)",
+        "bad usage or bad input: arguments, matrix, manifest, data, baseline, a run\n"
+        "folder in use, a file system that refuses a read or a write",
     ),
-    (EXIT_INTERNAL, "an internal error: a bug in the harness (rerun with --debug)"),
+    (EXIT_INTERNAL, "an internal error, a bug in the harness (rerun with --debug)"),
     (EXIT_SIGINT, "interrupted (SIGINT, Ctrl-C); bench all prints how to resume"),
     (EXIT_SIGTERM, "terminated (SIGTERM, e.g. docker stop); bench all prints how to resume"),
     (EXIT_BROKEN_PIPE, "the reader of the output went away (e.g. bench list | head -1)"),
@@ -71,7 +72,9 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
 
 def _epilog() -> str:
     lines = ["exit codes:"]
-    lines += [f"  {code:<4} {meaning}" for code, meaning in EXIT_CODES]
+    for code, meaning in EXIT_CODES:
+        first, *rest = meaning.split("\n")
+        lines += [f"  {code:<4} {first}", *(f"       {line}" for line in rest)]
     lines.append("Errors are one line; --debug (or BENCH_DEBUG=1) shows the traceback.")
     return "\n".join(lines)
 
@@ -120,7 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BenchError as exc:
         if args.debug:
             raise
-        _say(f"bench: error: {exc.message}")
+        signalled = isinstance(exc, RunStopped) and exc.exit_code in (EXIT_SIGINT, EXIT_SIGTERM)
+        _say(f"bench: {'' if signalled else 'error: '}{exc.message}")
         return exc.exit_code
     except KeyboardInterrupt:
         _say("bench: interrupted")

@@ -2,7 +2,10 @@
 
 Every JSON file the harness writes carries ``"schema": N`` and ``"kind"``, and is
 written to a temporary file in the same folder, fsynced, then ``os.replace``-d, so a
-reader never sees half a file. Reading refuses another kind or schema version.
+reader never sees half a file. Reading refuses another kind or schema version, and
+refuses what is not JSON as the standard defines it (``NaN``, ``Infinity``). A file
+system that refuses the read or the write is one line naming the path (:mod:`harness.fsio`),
+and a failed write leaves the old file as it was and no temporary file behind.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from harness import fsio
 from harness.errors import InputError, SchemaError
 
 
@@ -27,25 +31,28 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
     The file gets the ordinary permissions (0666 less the umask), not ``mkstemp``'s 0600,
     so results written in a container stay readable by the host user and vice versa.
+    An ``OSError`` (full disk, read-only file system, a parent that is a regular file …)
+    becomes a one-line :class:`~harness.errors.FileSystemError` naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    with fsio.guard(path, "write"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            os.fchmod(fd, 0o666 & ~_umask())
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
 
 def dumps(obj: Any) -> str:
@@ -59,30 +66,47 @@ def write_json(path: Path, obj: dict[str, Any], *, kind: str, schema: int) -> No
     atomic_write_bytes(Path(path), dumps(stamped).encode())
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def loads(text: str, where: str | Path) -> Any:
+    """Parse JSON text strictly (no ``NaN``/``Infinity``); InputError naming ``where``."""
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        raise InputError(
+            f"{where}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
+        ) from None
+    except ValueError as exc:  # NaN/Infinity, or an integer too long to convert
+        raise InputError(f"{where}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise InputError(f"{where}: not valid JSON (nested too deeply)") from None
+
+
 def read_json(path: Path, *, kind: str, schema: int) -> dict[str, Any]:
     """Read a JSON object, refusing a missing file, bad JSON, another kind or schema."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(
-            f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
-        ) from None
+    obj = loads(fsio.read_text(path), path)
+    return check_header(obj, path, kind=kind, schema=schema)
+
+
+def check_header(obj: Any, path: str | Path, *, kind: str, schema: int) -> dict[str, Any]:
+    """``obj`` if it is a JSON object of ``kind`` and ``schema``; else an InputError."""
     if not isinstance(obj, dict):
         raise InputError(f"{path}: expected a JSON object, got {type(obj).__name__}")
     got_kind = obj.get("kind")
     if got_kind != kind:
-        raise SchemaError(f"{path}: expected a {kind!r} file, got kind={got_kind!r}")
+        raise SchemaError(f"{path}: expected a {kind!r} file, got kind={_short(got_kind)}")
     got_schema = obj.get("schema")
-    if got_schema != schema:
+    if type(got_schema) is not int or got_schema != schema:
         raise SchemaError(
-            f"{path}: schema {got_schema!r} is not supported (this harness reads {kind} "
+            f"{path}: schema {_short(got_schema)} is not supported (this harness reads {kind} "
             f"schema {schema}); regenerate the file with this version of the harness"
         )
     return obj
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

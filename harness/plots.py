@@ -348,9 +348,10 @@ def throughput_bars(cells: list[CellResult], path: Path) -> Path:
         Patch(facecolor="white", edgecolor="black", hatch=PRECISION_HATCH.get(p), label=p)
         for p in precisions
     ]
-    fig.legend(
-        handles=handles, loc="outside lower center", ncol=min(len(handles), 6), frameon=False
-    )
+    if handles:  # a run where nothing succeeded has no bars, so no legend (ncol would be 0)
+        fig.legend(
+            handles=handles, loc="outside lower center", ncol=min(len(handles), 6), frameon=False
+        )
     if not ok:
         axes[0].text(0.5, 0.5, "no throughput measured", ha="center", transform=axes[0].transAxes)
     return _save(fig, path)

@@ -3,7 +3,10 @@
 A cell result is written as ``reports/runs/<run-id>/cells/<cell-id with / as __>.json``
 and the run's own record as ``run.json``. Both are versioned JSON (see
 :mod:`harness.jsonio`); :func:`cell_from_dict` / :func:`run_from_dict` refuse anything
-that does not match these dataclasses.
+that does not match these dataclasses: an unknown or missing field, a value of the wrong
+type (an int is an int, not a bool or a string), a number that is not finite or out of its
+range (:data:`RANGES`: accuracies in [0, 1], rates, times and counts >= 0), a status or
+phase not in its list. The refusal is an InputError naming the file and the field.
 """
 
 from __future__ import annotations
@@ -188,10 +191,66 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return dataclasses.asdict(obj)
 
 
+# Allowed ranges, by "Class.field" (inclusive). Every float must also be finite.
+_UNIT = (0.0, 1.0)
+_NON_NEGATIVE = (0.0, math.inf)
+RANGES: dict[str, tuple[float, float]] = {
+    **{
+        f"CellResult.{name}": _UNIT
+        for name in (
+            "best_train_accuracy",
+            "best_val_accuracy",
+            "final_val_accuracy",
+            "test_accuracy",
+            "target_accuracy",
+        )
+    },
+    "EpochRecord.accuracy": _UNIT,
+    "EpochRecord.val_accuracy": _UNIT,
+    **{
+        f"CellResult.{name}": _NON_NEGATIVE
+        for name in (
+            "seed",
+            "time_to_target_s",
+            "epochs_to_target",
+            "peak_memory_bytes",
+            "wall_seconds",
+            "trainable_layers",
+            "frozen_layers",
+        )
+    },
+    **{f"EpochRecord.{n}": _NON_NEGATIVE for n in ("epoch", "learning_rate", "seconds")},
+    **{
+        f"Throughput.{n}": _NON_NEGATIVE
+        for n in ("images_per_s", "images_per_s_p25", "images_per_s_p75", "warmup_steps")
+    },
+    "Throughput.batch_size": (1, math.inf),
+    "Throughput.step_series": _NON_NEGATIVE,
+    **{
+        f"Spread.{n}": _NON_NEGATIVE
+        for n in ("median", "p25", "p75", "mean", "stdev", "min", "max")
+    },
+    "Spread.n": (1, math.inf),
+    "tolerance": _NON_NEGATIVE,
+}
+_INT_LIMIT = 2**63 - 1
+# Allowed values of enumerated string fields.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "CellResult.status": ("ok", "failed", "skipped"),
+    "Throughput.phase": ("train", "inference"),
+}
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _build(cls: type, data: Any, where: str) -> Any:
-    """Construct dataclass ``cls`` from ``data``, recursively, refusing unknown/missing fields."""
+    """Construct dataclass ``cls`` from ``data``, recursively, refusing unknown/missing fields
+    and values of the wrong type or out of range (InputError naming ``where`` and the field)."""
     if not isinstance(data, dict):
-        raise InputError(f"{where}: expected an object for {cls.__name__}, got {data!r:.60}")
+        raise InputError(f"{where}: expected an object for {cls.__name__}, got {_describe(data)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields) - {"kind", "schema"})
     if unknown:
@@ -202,23 +261,59 @@ def _build(cls: type, data: Any, where: str) -> Any:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise InputError(f"{where}: missing field {name!r} in {cls.__name__}")
             continue
-        kwargs[name] = _convert(f.type, data[name], f"{where}.{name}")
+        kwargs[name] = _convert(
+            str(f.type), data[name], f"{where}.{name}", f"{cls.__name__}.{name}"
+        )
     return cls(**kwargs)
 
 
 _NESTED = {"Spread": Spread, "Throughput": Throughput, "EpochRecord": EpochRecord}
 
 
-def _convert(type_str: Any, value: Any, where: str) -> Any:
-    t = str(type_str)
-    for name, cls in _NESTED.items():
-        if t.startswith(f"tuple[{name}"):
-            return tuple(_build(cls, v, f"{where}[{i}]") for i, v in enumerate(value))
-        if t.split(" |")[0] == name:
-            return None if value is None else _build(cls, value, where)
-    if t.startswith("tuple[") and isinstance(value, list):
-        return tuple(value)
-    return value
+def _convert(type_str: str, value: Any, where: str, key: str) -> Any:
+    """``value`` checked against the annotation ``type_str`` (and :data:`RANGES` by ``key``)."""
+    if type_str.endswith(" | None"):
+        return None if value is None else _convert(type_str[: -len(" | None")], value, where, key)
+    if type_str.startswith("tuple[") and type_str.endswith(", ...]"):
+        if not isinstance(value, list):
+            raise InputError(f"{where}: expected a list, got {_describe(value)}")
+        item = type_str[len("tuple[") : -len(", ...]")]
+        return tuple(_convert(item, v, f"{where}[{i}]", key) for i, v in enumerate(value))
+    if type_str in _NESTED:
+        return _build(_NESTED[type_str], value, where)
+    if type_str == "dict[str, Any]":
+        if not isinstance(value, dict):
+            raise InputError(f"{where}: expected an object, got {_describe(value)}")
+        return value
+    if type_str == "bool":
+        if not isinstance(value, bool):
+            raise InputError(f"{where}: expected true or false, got {_describe(value)}")
+        return value
+    if type_str == "str":
+        if not isinstance(value, str):
+            raise InputError(f"{where}: expected a string, got {_describe(value)}")
+        if key in CHOICES and value not in CHOICES[key]:
+            raise InputError(f"{where}: expected one of {list(CHOICES[key])}, got {value!r}")
+        return value
+    if type_str in ("int", "float"):
+        kinds = (int,) if type_str == "int" else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            wanted = "an integer" if type_str == "int" else "a number"
+            raise InputError(f"{where}: expected {wanted}, got {_describe(value)}")
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if type_str == "float" and not math.isfinite(number):
+            raise InputError(f"{where}: expected a finite number, got {_describe(value)}")
+        low, high = RANGES.get(key, (-math.inf, math.inf))
+        if type_str == "int":  # what every JSON reader can hold (and float() of it works)
+            low, high = max(low, -_INT_LIMIT), min(high, _INT_LIMIT)
+        if not low <= value <= high:
+            bounds = f">= {low:g}" if high in (math.inf, _INT_LIMIT) else f"in [{low:g}, {high:g}]"
+            raise InputError(f"{where}: expected a number {bounds}, got {_describe(value)}")
+        return number if type_str == "float" else value
+    raise AssertionError(f"results: no check for field type {type_str!r} ({key})")  # a new type
 
 
 def cell_from_dict(data: dict[str, Any], where: str = "cell") -> CellResult:
@@ -226,7 +321,20 @@ def cell_from_dict(data: dict[str, Any], where: str = "cell") -> CellResult:
 
 
 def run_from_dict(data: dict[str, Any], where: str = "run") -> RunInfo:
-    return _build(RunInfo, data, where)
+    info = _build(RunInfo, data, where)
+    check_tolerances(info.tolerances, f"{where}.tolerances")
+    return info
+
+
+TOLERANCE_KEYS = ("accuracy_points", "throughput_relative")
+
+
+def check_tolerances(tolerances: dict[str, Any], where: str) -> dict[str, Any]:
+    """A run's or baseline's stored tolerances: each known key a finite number >= 0."""
+    for key in TOLERANCE_KEYS:
+        if key in tolerances:
+            _convert("float", tolerances[key], f"{where}.{key}", "tolerance")
+    return tolerances
 
 
 def cell_filename(cell_id: str) -> str:
@@ -241,7 +349,18 @@ def write_cell(run_dir: Path, result: CellResult) -> Path:
 
 
 def read_cell(path: Path) -> CellResult:
-    return cell_from_dict(jsonio.read_json(path, kind=CELL_KIND, schema=CELL_SCHEMA), str(path))
+    """A cell result; InputError naming the file and field when it does not validate
+    (``bench all --resume`` runs such a cell again)."""
+    path = Path(path)
+    try:
+        return cell_from_dict(
+            jsonio.read_json(path, kind=CELL_KIND, schema=CELL_SCHEMA), f"{path}: cell"
+        )
+    except InputError as exc:
+        run_id = path.parent.parent.name
+        raise InputError(
+            f"{exc.message}; `bench all --resume --run-id {run_id}` runs the cell again"
+        ) from None
 
 
 def write_run(run_dir: Path, info: RunInfo) -> Path:
@@ -252,7 +371,7 @@ def write_run(run_dir: Path, info: RunInfo) -> Path:
 
 def read_run(run_dir: Path) -> RunInfo:
     path = Path(run_dir) / "run.json"
-    return run_from_dict(jsonio.read_json(path, kind=RUN_KIND, schema=RUN_SCHEMA), str(path))
+    return run_from_dict(jsonio.read_json(path, kind=RUN_KIND, schema=RUN_SCHEMA), f"{path}: run")
 
 
 def read_cells(run_dir: Path) -> list[CellResult]:

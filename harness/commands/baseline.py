@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from harness import baseline
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("baseline", help="manage stored baselines (reports/baselines/)")
@@ -29,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_accept(args: argparse.Namespace) -> int:
+    from harness import baseline  # here, so that `bench --help` stays quick
+
     run_dir = baseline.resolve_run_dir(args.run)
     path, base = baseline.accept(run_dir, force=args.force, path=args.output)
     failed = sum(1 for c in base.cells if c.status == "failed")

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from harness import baseline, compare
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -36,6 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from harness import baseline, compare  # here, so that `bench --help` stays quick
+
     run_dir = baseline.resolve_run_dir(args.run)
     comparison = compare.compare_run(run_dir, args.baseline)
     print(compare.render_json(comparison) if args.json else compare.render_table(comparison))

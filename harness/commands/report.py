@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from harness import baseline, compare, report, results
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -29,6 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here, not at the top: matplotlib costs seconds, and `bench --help` or
+    # `bench --version` import every command module.
+    from harness import baseline, compare, report, results
+
     run_dir = baseline.resolve_run_dir(args.run)
     info = results.read_run(run_dir)
     base = compare.find_baseline(info.profile, args.baseline)
