@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import paths
+from harness import fsio, paths
 from harness.errors import InputError
 
 STRATEGIES: tuple[str, ...] = (
@@ -128,9 +129,14 @@ class Matrix:
 
     def select(self, pattern: str | None) -> tuple[CellSpec, ...]:
         """Cells whose id matches the glob ``pattern`` (or contains it, if it has no wildcard)."""
-        if not pattern:
+        if pattern is None:
             return self.cells
         pats = [p.strip() for p in pattern.split(",") if p.strip()]
+        if not pats:  # '' or ' , ': would silently mean "every cell"
+            raise InputError(
+                f"--only {pattern!r}: no cell pattern in it; give cell-id globs or substrings, "
+                "comma-separated (see `bench list`), or leave --only out to run every cell"
+            )
 
         def hit(cid: str) -> bool:
             return any(
@@ -195,9 +201,11 @@ def load_matrix(profile: str) -> Matrix:
             f"no matrix file for profile {profile!r} ({path}); known profiles: {known}"
         )
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(fsio.read_text(path))
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise InputError(f"{path}: not valid TOML (nested too deeply)") from None
     return parse_matrix(data, path=path, profile=path.stem)
 
 
@@ -273,7 +281,7 @@ def _tolerances(table: dict[str, Any], path: Path) -> Tolerances:
     vals = {}
     for key in want:
         v = table.get(key)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not _finite(v) or v < 0:
             raise InputError(f"{path}: tolerances.{key} must be a number >= 0, got {v!r}")
         vals[key] = float(v)
     if vals["throughput_relative"] >= 1:
@@ -282,6 +290,13 @@ def _tolerances(table: dict[str, Any], path: Path) -> Tolerances:
             f"got {vals['throughput_relative']!r}"
         )
     return Tolerances(**vals)
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def _check_fields(table: dict[str, Any], where: str, *, axes_allowed: bool) -> None:
@@ -305,6 +320,8 @@ def _check_fields(table: dict[str, Any], where: str, *, axes_allowed: bool) -> N
             raise InputError(f"{where}.{key}: unsupported field type {ftype}")
         if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
             raise InputError(f"{where}.{key}: expected {ftype}, got {value!r}")
+        if float in kinds and not _finite(value):  # TOML has nan and inf; ints can overflow
+            raise InputError(f"{where}.{key}: expected a finite number, got {value!r}")
 
 
 def _make_cell(values: dict[str, Any], where: str) -> CellSpec:
