@@ -70,7 +70,9 @@ def test_fingerprint_does_not_import_tensorflow() -> None:
 def test_bench_env_prints_the_fingerprint(run_bench) -> None:  # type: ignore[no-untyped-def]
     proc = run_bench("env")
     assert proc.returncode == 0
-    assert set(json.loads(proc.stdout)) == KEYS
+    printed = json.loads(proc.stdout)
+    assert (printed.pop("kind"), printed.pop("schema")) == ("transfer-bench.environment", 1)
+    assert set(printed) == KEYS
 
 
 def test_fingerprint_records_the_lock_and_every_installed_version() -> None:
