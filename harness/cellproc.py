@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             dry_run=args.dry_run,
             on_epoch=lambda ev: emit("epoch", cell=cell.cell_id, **ev),
             allow_unpinned=args.allow_unpinned,
+            run_dir=args.run_dir,
         )
         result = _with_extra(result, process=process)
     except runner.PrecisionUnsupported as exc:

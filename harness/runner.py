@@ -159,12 +159,16 @@ def run_cell(
     dry_run: bool = False,
     on_epoch: EpochHook | None = None,
     allow_unpinned: bool = False,
+    run_dir: Path | None = None,
 ) -> CellResult:
-    """Run ``cell`` in this process. Raises on failure (the caller records it)."""
+    """Run ``cell`` in this process. Raises on failure (the caller records it).
+
+    ``run_dir``: the run folder, under which the cell's TensorBoard events are written
+    (:mod:`harness.tensorboard`); None writes none."""
     t_start = time.perf_counter()
     import keras
 
-    from harness import strategies, timing
+    from harness import strategies, tensorboard, timing
 
     backend_name = backend.name()
     notes: list[str] = []
@@ -215,6 +219,11 @@ def run_cell(
     ttt = timing.TimeToTarget(cell.target_accuracy, epoch_timer)
     step_timer = timing.StepTimer(warmup)
     callbacks: list[Any] = [epoch_timer, ttt, step_timer]
+    # After the step timer, before ReduceLROnPlateau (so it logs the rate the epoch used).
+    board_callbacks, board_info = tensorboard.callbacks(
+        run_dir, cell.cell_id, step_timer, batch_size=batch
+    )
+    callbacks += board_callbacks
     if cell.reduce_lr:
         callbacks.append(
             keras.callbacks.ReduceLROnPlateau(
@@ -227,7 +236,7 @@ def run_cell(
 
     x_train, y_train, x_val, y_val = data.x_train, data.y_train, data.x_val, data.y_val
     x_test, y_test = data.x_test, data.y_test
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"tensorboard": board_info}
     input_kind = data.input_kind
     if plan.cached_features:
         t0 = time.perf_counter()
