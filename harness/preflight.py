@@ -356,7 +356,7 @@ def run(
     by_problem: dict[Problem, list[str]] = {}
     skipped: dict[str, str] = {}
     for cell in cells:
-        name = backend or getattr(cell, "backend", None) or backend_mod.configured_backend()
+        name = getattr(cell, "backend", None) or backend or backend_mod.configured_backend()
         problems, skip_reason = _cell_problems(
             cell,
             manifest,
