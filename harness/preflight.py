@@ -316,11 +316,17 @@ def _prepare_all(
             done.append(f"{entry.name}@{size}")
         except InputError as exc:
             failed[entry.name] = f"preparing dataset {entry.name!r} at {size} px: {exc.message}"
+        except OSError as exc:  # a read-only data folder (a container), a full disk
+            failed[entry.name] = (
+                f"preparing dataset {entry.name!r} at {size} px: cannot write under "
+                f"{paths.data_dir()}: {exc.strerror or exc}; prepare it where the data folder "
+                f"is writable: `bench data prepare {entry.name} --image-size {size}`"
+            )
     return done, failed
 
 
 def _fetch_weights(
-    names: Iterable[str], manifest: Manifest, allow_unpinned: bool
+    names: Iterable[str], manifest: Manifest, allow_unpinned: bool, say: Callable[[str], None]
 ) -> dict[str, str]:
     """Fetch missing https weights; weights name → failure."""
     from harness.datasets import archives
@@ -331,9 +337,12 @@ def _fetch_weights(
         entry = manifest.weights[name]
         if isinstance(entry.source, HttpsSource) and not weights_path(entry).is_file():
             try:
+                say(f"pre-flight: fetching weights {name} ({entry.source.url})")
                 archives.fetch_file(entry, allow_unpinned=allow_unpinned)
             except InputError as exc:
                 failed[name] = f"fetching weights {name!r}: {exc.message}"
+            except OSError as exc:
+                failed[name] = f"fetching weights {name!r}: {exc.strerror or exc}"
     return failed
 
 
@@ -395,7 +404,7 @@ def run(
     needs = profile_needs(runnable)
     todo = [(e, s) for e, s in todo if e.name in needs.datasets]
     prepared, failed = _prepare_all(todo, manifest, allow_unpinned=allow_unpinned, say=say)
-    failed_weights = _fetch_weights(needs.weights, manifest, allow_unpinned)
+    failed_weights = _fetch_weights(needs.weights, manifest, allow_unpinned, say)
     if (failed or failed_weights) and not skip_unavailable:
         lines = [f"pre-flight: {why}" for why in [*failed.values(), *failed_weights.values()]]
         raise PreflightError("\n".join(lines))
