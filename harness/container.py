@@ -7,6 +7,13 @@ it in its ``deps`` stage only). Builds use the host network (pip reaches PyPI); 
 run with ``network_mode="none"``, the host's ``data/`` and ``reports/`` bind-mounted, as
 the calling user, with GPUs when asked for or when the engine can hand them out.
 
+Containers are locked down (:func:`container_options`, and ``compose.yaml`` alike): never
+uid 0 unless asked for (``user``), every capability dropped, ``no-new-privileges``, a
+read-only root file system with tmpfs for ``/tmp`` and ``$HOME`` (Keras and matplotlib
+caches), and ``data/`` (manifest, archives, prepared caches) mounted read-only, except
+that ``bench data prepare`` gets its ``prepared/`` and ``archives/`` (where extraction
+happens) writable. Only ``reports/`` is always writable.
+
 Provenance has two halves: the build half is baked into the image as
 ``/etc/transfer-bench/image.json`` (base image, build args, pip freeze and its digest,
 harness version) and the run half is the image id, passed as ``BENCH_IMAGE_ID`` (and
@@ -28,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from harness import __version__, paths
+from harness import __version__, fsio, paths
 from harness.env import git_commit
 from harness.errors import EXIT_BAD_INPUT, BenchError, InputError, RunFailure
 from harness.jsonio import read_json, write_json
@@ -245,6 +252,18 @@ def image_identity(image: Any) -> dict[str, str]:
     return env
 
 
+# Security options of every container (compose.yaml says the same).
+CAP_DROP = ("ALL",)
+SECURITY_OPT = ("no-new-privileges:true",)
+TMPFS_OPTIONS = "rw,exec,nosuid,nodev,mode=1777,size=1g"
+# Cache variables whose folders must be writable in the read-only root (tmpfs when outside
+# $HOME, which is a tmpfs itself).
+_CACHE_VARS = ("KERAS_HOME", "XDG_CACHE_HOME", "MPLCONFIGDIR")
+# `bench data prepare` writes these folders of data/ (the extraction of archives happens in
+# archives/extracted/); every other command gets data/ read-only.
+PREPARE_WRITES = ("prepared", "archives")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """How to run ``bench ARGS`` in the container."""
@@ -254,11 +273,21 @@ class RunConfig:
     data_dir: Path | None = None  # host folder holding manifest.json; default <root>/data
     cache_dir: Path | None = None  # host BENCH_DATA_DIR, when it differs from data_dir
     reports_dir: Path | None = None  # default <root>/reports
-    user: str | None = None  # default: the calling uid:gid
+    user: str | None = None  # default: the calling uid:gid, never 0 (see default_user)
     environment: Mapping[str, str] = field(default_factory=dict)
 
 
-def _mounts(config: RunConfig) -> tuple[list[Any], dict[str, str]]:
+def writes_data(args: Sequence[str]) -> bool:
+    """Whether ``bench ARGS`` is ``bench data prepare …`` (options before it skipped)."""
+    words = [a for a in args if not a.startswith("-")]
+    return words[:2] == ["data", "prepare"]
+
+
+def _mounts(
+    config: RunConfig, *, writable_data: bool = False
+) -> tuple[list[Any], dict[str, str], list[Path]]:
+    """Bind mounts: data/ read-only (``writable_data``: its prepared/ and archives/ not),
+    the BENCH_DATA_DIR caches likewise, reports/ writable; and the folders created here."""
     from docker.types import Mount
 
     data = (config.data_dir or paths.project_root() / "data").resolve()
@@ -270,26 +299,87 @@ def _mounts(config: RunConfig) -> tuple[list[Any], dict[str, str]]:
     cache = config.cache_dir
     if cache is None and os.environ.get("BENCH_DATA_DIR"):
         cache = paths.data_dir()
-    mounts = [Mount(f"{WORKSPACE}/data", str(data), type="bind")]
+    caches = (data, f"{WORKSPACE}/data")
+    mounts = [Mount(f"{WORKSPACE}/data", str(data), type="bind", read_only=True)]
     env: dict[str, str] = {}
+    created: list[Path] = []
+
+    def make(folder: Path) -> None:
+        # Created here, by the calling user: an absent source would be created root-owned.
+        if not folder.is_dir():
+            with fsio.guard(folder, "create"):
+                folder.mkdir(parents=True, exist_ok=True)
+            created.append(folder)
+
     if cache is not None and cache.resolve() != data:
-        cache.mkdir(parents=True, exist_ok=True)
-        mounts.append(Mount(CACHE_MOUNT, str(cache.resolve()), type="bind"))
+        make(cache)
+        mounts.append(Mount(CACHE_MOUNT, str(cache.resolve()), type="bind", read_only=True))
         env["BENCH_DATA_DIR"] = CACHE_MOUNT
-    # Created here, by the calling user: an absent source would be created root-owned.
-    reports.mkdir(parents=True, exist_ok=True)
+        caches = (cache.resolve(), CACHE_MOUNT)
+    if writable_data:
+        host, inside = caches
+        for name in PREPARE_WRITES:
+            make(host / name)
+            mounts.append(Mount(f"{inside}/{name}", str(host / name), type="bind"))
+    make(reports)
     mounts.append(Mount(f"{WORKSPACE}/reports", str(reports), type="bind"))
-    return mounts, env
+    return mounts, env, created
+
+
+def default_user(reports: Path, environ: Mapping[str, str] | None = None) -> str:
+    """The ``uid:gid`` a container runs as when no ``--user`` is given: never root.
+
+    The calling user; when that is root, the user who ran ``sudo`` (``SUDO_UID``), else
+    the owner of the reports folder; when that is root too, an InputError asking for
+    ``--user`` (``--user 0:0`` runs as root on purpose).
+    """
+    env = os.environ if environ is None else environ
+    if os.getuid() != 0:
+        return f"{os.getuid()}:{os.getgid()}"
+    sudo_uid, sudo_gid = env.get("SUDO_UID", ""), env.get("SUDO_GID", "")
+    if sudo_uid.isdigit() and int(sudo_uid) != 0:
+        return f"{sudo_uid}:{sudo_gid if sudo_gid.isdigit() else sudo_uid}"
+    with fsio.guard(reports, "read"):
+        owner = reports.stat()
+    if owner.st_uid != 0:
+        return f"{owner.st_uid}:{owner.st_gid}"
+    raise InputError(
+        f"bench docker run as root with {reports} owned by root: the container does not run "
+        "as uid 0 unless asked; pass --user UID:GID (a user that may write to that folder), "
+        "or --user 0:0 to run it as root on purpose"
+    )
+
+
+def _tmpfs(image: Any) -> dict[str, str]:
+    """tmpfs mounts for the read-only root: /tmp, $HOME and cache folders outside $HOME."""
+    image_env = dict(
+        item.split("=", 1)
+        for item in (image.attrs.get("Config", {}).get("Env") or [])
+        if "=" in item
+    )
+    home = image_env.get("HOME", "/home/bench")
+    folders = {"/tmp", home}
+    for var in _CACHE_VARS:
+        folder = image_env.get(var)
+        if folder and not (folder + "/").startswith(home.rstrip("/") + "/"):
+            folders.add(folder)
+    return {folder: TMPFS_OPTIONS for folder in sorted(folders)}
 
 
 def container_options(
-    config: RunConfig, *, client: docker.DockerClient | None = None
+    config: RunConfig,
+    *,
+    client: docker.DockerClient | None = None,
+    writable_data: bool = False,
 ) -> dict[str, Any]:
     """Keyword arguments for ``client.containers.create`` (image id first), minus the command.
 
-    No network, data/ and reports/ bind-mounted, the image id in ``BENCH_IMAGE_ID``, the
-    host's ``BENCH_*`` settings (profile, debug …), the calling uid:gid, GPUs when asked for
-    or (``gpus=None``) when the engine can hand them out.
+    No network, data/ bind-mounted read-only (``writable_data``: prepared/ and archives/
+    writable, for ``bench data prepare``) and reports/ writable, the image id in
+    ``BENCH_IMAGE_ID``, the host's ``BENCH_*`` settings (profile, debug …), the calling
+    uid:gid (never root unless ``config.user`` says so), no capabilities, no new
+    privileges, a read-only root with tmpfs for /tmp and $HOME, GPUs when asked for or
+    (``gpus=None``) when the engine can hand them out.
     """
     from docker.errors import ImageNotFound
     from docker.types import DeviceRequest
@@ -303,7 +393,13 @@ def container_options(
         raise InputError(
             f"image {config.image!r} not found; build it with `bench docker build{flavour}`"
         ) from None
-    mounts, env = _mounts(config)
+    mounts, env, created = _mounts(config, writable_data=writable_data)
+    user = config.user or default_user(Path(mounts[-1]["Source"]))
+    uid, _, gid = user.partition(":")
+    if os.getuid() == 0 and uid.isdigit() and int(uid) != 0:
+        for folder in created:  # root made them for the container's user: theirs
+            with fsio.guard(folder, "hand over"):
+                os.chown(folder, int(uid), int(gid or uid))
     environment = {
         key: value
         for key, value in os.environ.items()
@@ -316,8 +412,12 @@ def container_options(
         "environment": environment,
         "mounts": mounts,
         "network_mode": "none",
-        "user": config.user or f"{os.getuid()}:{os.getgid()}",
+        "user": user,
         "working_dir": WORKSPACE,
+        "cap_drop": list(CAP_DROP),
+        "security_opt": list(SECURITY_OPT),
+        "read_only": True,
+        "tmpfs": _tmpfs(image),
         "device_requests": [DeviceRequest(count=-1, capabilities=[["gpu"]])] if gpus else None,
         "labels": {"io.transfer-bench.image": config.image},
     }
@@ -339,7 +439,7 @@ def run_in_container(
     from docker.errors import APIError
 
     client = client or connect()
-    options = container_options(config, client=client)
+    options = container_options(config, client=client, writable_data=writes_data(args))
     out = stdout or sys.stdout.buffer
     err = stderr or sys.stderr.buffer
     try:

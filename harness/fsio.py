@@ -12,6 +12,7 @@ readers the harness's parsers use.
 from __future__ import annotations
 
 import errno as errno_mod
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,9 +60,18 @@ def fs_error(
     what, todo = _HINTS.get(
         exc.errno or -1, (exc.strerror or type(exc).__name__, "check the path and the device")
     )
-    if exc.filename is not None and path is not None and str(exc.filename) != str(path):
-        what = f"{exc.filename}: {what}"  # e.g. a parent folder, or the temporary file
+    if exc.filename is not None and path is not None and _is_parent(exc.filename, path):
+        what = f"{exc.filename}: {what}"  # e.g. a parent that is a regular file
     return FileSystemError(f"{shown}: cannot {action}: {what}; {todo}", path=shown, errno=exc.errno)
+
+
+def _is_parent(folder: str | bytes | Path, path: str | Path) -> bool:
+    """Whether ``folder`` is one of the parents of ``path`` (then it is worth naming; a
+    sibling, such as the temporary file of an atomic write, is not)."""
+    try:
+        return Path(os.fsdecode(folder)) in Path(path).parents
+    except (TypeError, ValueError):
+        return False
 
 
 @contextmanager

@@ -8,6 +8,7 @@ BENCH_SKIP_DOCKER=1 to skip them on purpose.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -53,15 +54,25 @@ def cpu_image(client: object) -> container.BuiltImage:
         pytest.fail(f"{exc.message} — {SETUP}", False)
 
 
+# Who the containers run as by default: the caller, or (the caller being root, as on CI
+# machines) the owner of the reports folder, which the fixtures make a non-root user.
+CALLER = (os.getuid(), os.getgid()) if os.getuid() != 0 else (4321, 4321)
+
+
 @pytest.fixture
 def workdirs(tmp_path: Path) -> tuple[Path, Path]:
-    """A data folder holding this checkout's manifest (+ shipped weights) and an empty reports."""
+    """A data folder holding this checkout's manifest (+ shipped weights) and an empty reports,
+    both belonging to :data:`CALLER`."""
     data = tmp_path / "data"
     data.mkdir()
     shutil.copy2(ROOT / "data" / "manifest.json", data / "manifest.json")
     if (ROOT / "data" / "weights").is_dir():
         shutil.copytree(ROOT / "data" / "weights", data / "weights")
     reports = tmp_path / "reports"
+    reports.mkdir()
+    if os.getuid() == 0:
+        for path in (data, *data.rglob("*"), reports):
+            os.chown(path, *CALLER)
     return data, reports
 
 
@@ -162,7 +173,8 @@ def test_provenance_and_image_id_reach_the_fingerprint(cpu_image, client, workdi
     names = {
         line.split("==")[0].replace("_", "-").lower() for line in json.loads(freeze)["pip_freeze"]
     }
-    assert {"tensorflow-cpu", "keras", "transfer-bench @ file:///tmp/src"} <= names
+    assert {"tensorflow-cpu", "keras"} <= names
+    assert any(name.startswith("transfer-bench") for name in names)  # the harness itself
     assert not any(name.startswith(("nvidia-", "tensorflow-cuda")) for name in names)
 
 
@@ -174,7 +186,7 @@ def test_writes_to_mounted_data_belong_to_the_caller(cpu_image, client, workdirs
     assert code == 0, err
     written = [p for p in (data / "prepared").rglob("*") if p.is_file()]
     assert any(p.name == "meta.json" for p in written)
-    assert {p.stat().st_uid for p in written} == {os.getuid()}
+    assert {p.stat().st_uid for p in written} == {CALLER[0]}
 
 
 def test_missing_image_names_the_build_command(client, workdirs) -> None:
@@ -226,12 +238,11 @@ def test_compose_files_validate(client) -> None:
 
 def test_compose_run_uses_the_image(cpu_image, client, workdirs) -> None:
     data, reports = workdirs
-    reports.mkdir()
     env = {
         **os.environ,
         "BENCH_TF": "cpu",
-        "BENCH_UID": str(os.getuid()),
-        "BENCH_GID": str(os.getgid()),
+        "BENCH_UID": str(CALLER[0]),
+        "BENCH_GID": str(CALLER[1]),
         "BENCH_DATA": str(data),
         "BENCH_REPORTS": str(reports),
         "BENCH_IMAGE_ID": cpu_image.image_id,
@@ -256,9 +267,14 @@ def test_compose_run_uses_the_image(cpu_image, client, workdirs) -> None:
 
 @pytest.mark.slow
 def test_a_training_cell_runs_in_the_container(cpu_image, client, workdirs) -> None:
-    """A real smoke cell (scratch: needs no pretrained weights) trains with no network."""
+    """A real smoke cell (scratch: needs no pretrained weights) trains with no network, its
+    data prepared first by `bench data prepare` (the one command that may write data/)."""
     data, reports = workdirs
     cell = "synth-few/scratch/float32/s0"
+    code, out, err = _run(
+        cpu_image, ["data", "prepare", "synth-few", "--image-size", "32"], data, reports, client
+    )
+    assert code == 0, err
     code, out, err = _run(
         cpu_image,
         ["all", "--profile", "smoke", "--only", cell, "--run-id", "in-container"],
@@ -274,7 +290,7 @@ def test_a_training_cell_runs_in_the_container(cpu_image, client, workdirs) -> N
     info = read_run(run_dir)
     assert info.environment["container"]["image_id"] == cpu_image.image_id
     assert info.environment["container"]["build"]["tf_extra"] == "cpu"
-    assert {p.stat().st_uid for p in run_dir.rglob("*")} == {os.getuid()}
+    assert {p.stat().st_uid for p in run_dir.rglob("*")} == {CALLER[0]}
 
 
 def test_bench_docker_run_cli_passes_args_and_exit_code(cpu_image, client, workdirs) -> None:
@@ -300,3 +316,167 @@ def test_gpus_on_request(cpu_image, client, workdirs) -> None:
     else:
         with pytest.raises(InputError, match="NVIDIA container toolkit"):
             container.run_in_container(["--version"], config, client=client)
+
+
+# --- lock-down (issue 13) ----------------------------------------------------------------
+
+# Run inside the container: what this process may do, as JSON.
+PROBE = r"""
+import json, os
+def attempt(path, mode="a"):
+    try:
+        with open(path, mode) as fh:
+            fh.write("")
+        return "ok"
+    except OSError as exc:
+        return os.strerror(exc.errno)
+status = dict(line.split(":\t", 1) for line in open("/proc/self/status").read().splitlines()
+              if line.startswith(("Cap", "NoNewPrivs")))
+home = os.environ["HOME"]
+print(json.dumps({
+    "uid": os.getuid(),
+    "caps": {k: int(v, 16) for k, v in status.items() if k.startswith("Cap")},
+    "no_new_privs": int(status["NoNewPrivs"]),
+    "manifest": attempt("/workspace/data/manifest.json"),
+    "data": attempt("/workspace/data/new-file", "w"),
+    "prepared": attempt("/workspace/data/prepared/probe", "w"),
+    "archives": attempt("/workspace/data/archives/probe", "w"),
+    "root_fs": attempt("/opt/venv/probe", "w"),
+    "etc": attempt("/etc/transfer-bench/image.json"),
+    "workspace": attempt("/workspace/probe", "w"),  # world-writable in the image itself
+    "tmp": attempt("/tmp/probe", "w"),
+    "home": attempt(os.path.join(home, "probe"), "w"),
+    "reports": attempt("/workspace/reports/probe", "w"),
+}))
+"""
+
+
+def _owned_folder(path: Path) -> None:
+    path.mkdir()
+    if os.getuid() == 0:
+        os.chown(path, *CALLER)
+
+
+def _probe(client: object, options: dict) -> dict:
+    output = client.containers.run(  # type: ignore[attr-defined]
+        entrypoint=["python", "-c", PROBE], remove=True, stdout=True, stderr=True, **options
+    )
+    return json.loads(output)
+
+
+def test_default_user_is_never_root(tmp_path, monkeypatch) -> None:
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    monkeypatch.setattr(os, "getuid", lambda: 0)
+    monkeypatch.setattr(os, "getgid", lambda: 0)
+    with pytest.raises(InputError, match=r"does not run as uid 0 unless asked; pass --user"):
+        container.default_user(reports, environ={})
+    assert container.default_user(reports, environ={"SUDO_UID": "1001", "SUDO_GID": "1002"}) == (
+        "1001:1002"
+    )
+    if os.geteuid() == 0:  # chown needs root
+        os.chown(reports, 4321, 4322)
+        assert container.default_user(reports, environ={}) == "4321:4322"
+    monkeypatch.setattr(os, "getuid", lambda: 1000)
+    monkeypatch.setattr(os, "getgid", lambda: 1000)
+    assert container.default_user(reports, environ={}) == "1000:1000"
+
+
+def test_bench_docker_run_as_root_without_user_is_refused(cpu_image, tmp_path) -> None:
+    if os.getuid() != 0:
+        pytest.skip("only a root caller could start a root container")
+    data, reports = tmp_path / "data", tmp_path / "reports"
+    data.mkdir()
+    reports.mkdir()
+    shutil.copy2(ROOT / "data" / "manifest.json", data / "manifest.json")
+    base = [sys.executable, "-m", "harness.cli", "docker", "run", "--no-gpus"]
+    base += ["--image", cpu_image.tag, "--data", str(data), "--reports", str(reports)]
+    env = {k: v for k, v in os.environ.items() if k not in ("SUDO_UID", "SUDO_GID")}
+    refused = subprocess.run([*base, "--", "--version"], capture_output=True, text=True, env=env)
+    assert refused.returncode == 2
+    assert refused.stderr.count("\n") == 1 and "pass --user UID:GID" in refused.stderr
+    asked = subprocess.run(
+        [*base, "--user", "0:0", "--", "--version"], capture_output=True, text=True, env=env
+    )
+    assert (asked.returncode, asked.stdout.strip()) == (0, f"transfer-bench {__version__}")
+
+
+def test_container_is_locked_down(cpu_image, client, workdirs) -> None:
+    """No capabilities, no new privileges, a read-only root and read-only data/: writing the
+    manifest from inside fails; only /tmp, $HOME and reports/ are writable."""
+    data, reports = workdirs
+    _owned_folder(data / "prepared")
+    _owned_folder(data / "archives")
+    config = container.RunConfig(
+        image=cpu_image.tag, gpus=False, data_dir=data, reports_dir=reports
+    )
+    options = container.container_options(config, client=client)
+    assert options["user"] == f"{CALLER[0]}:{CALLER[1]}"
+    assert options["cap_drop"] == ["ALL"] and options["read_only"] is True
+    assert options["security_opt"] == ["no-new-privileges:true"]
+    seen = _probe(client, options)
+    assert seen["uid"] == CALLER[0]
+    assert seen["caps"]["CapEff"] == 0 and seen["caps"]["CapPrm"] == 0
+    assert seen["caps"]["CapBnd"] == 0 and seen["no_new_privs"] == 1
+    ro = "Read-only file system"
+    for place in ("manifest", "data", "prepared", "archives", "root_fs", "workspace"):
+        assert seen[place] == ro, (place, seen)
+    assert (seen["tmp"], seen["home"], seen["reports"]) == ("ok", "ok", "ok")
+    manifest = (data / "manifest.json").read_bytes()
+    assert manifest == (ROOT / "data" / "manifest.json").read_bytes()
+
+    # Even root, asked for explicitly, has no capabilities and cannot write the manifest.
+    as_root = container.container_options(dataclasses.replace(config, user="0:0"), client=client)
+    seen = _probe(client, as_root)
+    assert seen["uid"] == 0 and seen["caps"]["CapEff"] == 0
+    assert seen["root_fs"] == seen["etc"] == ro
+    assert seen["manifest"] != "ok"  # read-only, and root lacks CAP_DAC_OVERRIDE too
+
+
+def test_only_prepare_gets_writable_prepared_and_archives(cpu_image, client, workdirs) -> None:
+    data, reports = workdirs
+    config = container.RunConfig(
+        image=cpu_image.tag, gpus=False, data_dir=data, reports_dir=reports
+    )
+    assert container.writes_data(["--debug", "data", "prepare", "synth-few"])
+    assert not container.writes_data(["all", "--profile", "smoke"])
+    assert not container.writes_data(["data", "fetch", "x"])
+    options = container.container_options(config, client=client, writable_data=True)
+    seen = _probe(client, options)
+    assert (seen["prepared"], seen["archives"]) == ("ok", "ok")
+    assert seen["manifest"] == seen["data"] == "Read-only file system"
+    assert (data / "prepared" / "probe").stat().st_uid == CALLER[0]
+
+
+def test_compose_is_locked_down_like_bench_docker_run(cpu_image, client, workdirs) -> None:
+    data, reports = workdirs
+    env = {
+        **os.environ,
+        "BENCH_TF": "cpu",
+        "BENCH_UID": str(CALLER[0]),
+        "BENCH_GID": str(CALLER[1]),
+        "BENCH_DATA": str(data),
+        "BENCH_REPORTS": str(reports),
+    }
+    for folder in ("prepared", "archives"):  # as compose.yaml says: created by the user
+        _owned_folder(data / folder)
+    compose = [*_compose(), "-f", str(ROOT / "compose.yaml")]
+    config = subprocess.run([*compose, "config"], capture_output=True, text=True, cwd=ROOT, env=env)
+    assert config.returncode == 0, config.stderr
+    for service in ("bench", "prepare"):
+        probe = subprocess.run(
+            [*compose, "run", "--rm", "-T", "--entrypoint", "python", service, "-c", PROBE],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env=env,
+            timeout=300,
+        )
+        assert probe.returncode == 0, probe.stderr
+        seen = json.loads(probe.stdout.strip().splitlines()[-1])
+        assert seen["uid"] == CALLER[0] and seen["caps"]["CapEff"] == 0, seen
+        assert seen["no_new_privs"] == 1
+        assert seen["manifest"] == seen["root_fs"] == "Read-only file system", seen
+        assert (seen["tmp"], seen["home"], seen["reports"]) == ("ok", "ok", "ok")
+        writable = "ok" if service == "prepare" else "Read-only file system"
+        assert seen["prepared"] == seen["archives"] == writable, (service, seen)

@@ -1,8 +1,10 @@
 """``bench docker build|run|info``: the harness in its container (see harness/container.py).
 
 ``bench docker run -- ARGS`` runs ``bench ARGS`` in the image with no network, the host's
-data/ and reports/ mounted and GPUs when asked for (``--gpus``) or available; its exit
-code is the container's. Inside the image, ``bench docker info`` shows the baked build
+data/ (read-only, except prepared/ and archives/ for ``data prepare``) and reports/
+mounted, GPUs when asked for (``--gpus``) or available, as the calling user (never root
+unless ``--user 0:0``), without capabilities, on a read-only root; its exit code is the
+container's. Inside the image, ``bench docker info`` shows the baked build
 provenance.
 """
 
@@ -54,8 +56,10 @@ def register(sub: Any) -> None:
     run = dsub.add_parser(
         "run",
         help="run `bench ARGS` in the container: bench docker run [--gpus] -- ARGS",
-        description="Run `bench ARGS` in the image with no network, data/ and reports/ "
-        "mounted; exits with the container's exit code.",
+        description="Run `bench ARGS` in the image with no network, data/ mounted read-only "
+        "(bench data prepare: its prepared/ and archives/ writable) and reports/ writable, "
+        "no capabilities, no new privileges and a read-only root file system (tmpfs for /tmp "
+        "and $HOME); exits with the container's exit code.",
     )
     run.add_argument(
         "--gpus",
@@ -75,6 +79,12 @@ def register(sub: Any) -> None:
     )
     run.add_argument(
         "--reports", type=Path, metavar="DIR", help="host reports folder (default <root>/reports)"
+    )
+    run.add_argument(
+        "--user",
+        metavar="UID[:GID]",
+        help="run as this user (default: the caller; when that is root, $SUDO_UID or the "
+        "owner of the reports folder; never root unless --user 0:0)",
     )
     run.add_argument("args", nargs=argparse.REMAINDER, help="arguments for bench (after --)")
     run.set_defaults(func=_run)
@@ -111,8 +121,19 @@ def _run(args: argparse.Namespace) -> int:
         gpus=args.gpus,
         data_dir=args.data,
         reports_dir=args.reports,
+        user=_user(args.user),
     )
     return container.run_in_container(bench_args, config)
+
+
+def _user(value: str | None) -> str | None:
+    """``--user``: a numeric ``UID`` or ``UID:GID`` (names need the image's passwd)."""
+    if value is None:
+        return None
+    uid, _, gid = value.partition(":")
+    if not uid.isdigit() or (gid and not gid.isdigit()):
+        raise InputError(f"--user {value!r}: expected UID or UID:GID, numbers (e.g. 1000:1000)")
+    return f"{uid}:{gid or uid}"
 
 
 def _info(args: argparse.Namespace) -> int:
