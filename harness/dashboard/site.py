@@ -163,7 +163,7 @@ def build_site(
     finally:
         conn.close()
 
-    latest = runs[-1]
+    latest = next((r for r in reversed(runs) if not r.dry_run), runs[-1])  # numbers, not a check
     latest_dir = runs_dir / latest.folder
     info = results.read_run(latest_dir)
     cells = results.read_cells(latest_dir)
@@ -303,7 +303,8 @@ def _render(
 
     flat = {digest: _flat_env(env) for digest, env in envs.items()}
     env_data = {"runs": {r.folder: r.environment_digest for r in runs}, "environments": flat}
-    previous = runs[-2] if len(runs) > 1 else runs[-1]
+    at = runs.index(latest)
+    previous = runs[at - 1] if at > 0 else runs[min(at + 1, len(runs) - 1)]
 
     def options(selected: str) -> str:
         return "".join(
