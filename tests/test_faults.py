@@ -121,9 +121,16 @@ class Bench:
                 break
         return False
 
-    def children(self) -> list[int]:
+    def children(self, timeout: float = 60) -> list[int]:
+        """The pids of its child processes, once it has some (the cell's process)."""
         path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
-        return [int(p) for p in path.read_text().split()] if path.exists() else []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            pids = [int(p) for p in path.read_text().split()] if path.exists() else []
+            if pids:
+                return pids
+            time.sleep(0.1)
+        return []
 
     def finish(self, timeout: float = 120) -> tuple[int, str, str]:
         out, err = self.proc.communicate(timeout=timeout)
