@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -162,16 +163,25 @@ def cell_tags(info: RunInfo, cell: CellResult, limit: int = 8000) -> dict[str, s
     return tags
 
 
+_NO_URLS = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
+
+
 @contextmanager
 def _quiet() -> Iterator[None]:
-    """MLflow logs store migrations at INFO; one line per export is enough."""
+    """MLflow logs store migrations at INFO and prints two URLs per run it ends on a server;
+    the export's one summary line is enough."""
     logger = logging.getLogger("mlflow")
-    level = logger.level
+    level, urls = logger.level, os.environ.get(_NO_URLS)
     logger.setLevel(logging.WARNING)
+    os.environ[_NO_URLS] = "true"
     try:
         yield
     finally:
         logger.setLevel(level)
+        if urls is None:
+            os.environ.pop(_NO_URLS, None)
+        else:
+            os.environ[_NO_URLS] = urls
 
 
 def _artifact_location(tracking_uri: str) -> str | None:
