@@ -45,6 +45,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "harness.commands.data",
     "harness.commands.run",
     "harness.commands.compare",
+    "harness.commands.ab",
+    "harness.commands.perf",
     "harness.commands.baseline",
     "harness.commands.report",
     "harness.commands.history",

@@ -1,0 +1,73 @@
+"""``bench ab BASE_REV [HEAD_REV]``: interleaved A/B train throughput of two revisions."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from harness.ab import DEFAULT_ROUNDS, DEFAULT_TOLERANCE, MIN_ROUNDS, P_THRESHOLD
+
+    p = sub.add_parser(
+        "ab",
+        help="compare the train throughput of two git revisions, interleaved on this machine",
+        description=(
+            "Check BASE_REV (A) and HEAD_REV (B, default HEAD) out into temporary git "
+            "worktrees and run the same cells alternately, A B A B ..., for --rounds rounds, "
+            "each a fresh `bench run CELL` process with this environment (refused when a "
+            "revision's uv.lock differs, unless --allow-env-drift). The cells come from this "
+            "checkout's profile. A cell regresses when the Mann-Whitney U test over the "
+            f"per-step train times gives p < {P_THRESHOLD:g} AND the throughput ratio B/A is "
+            "below 1 - tolerance (--tolerance, else the profile's [tolerances] ab_relative, "
+            f"else {DEFAULT_TOLERANCE:g}). Fewer than {MIN_ROUNDS} rounds with step times on a "
+            "side gives 'not enough data'. Uncommitted changes are not compared: commit them "
+            "first. Exit 1 on a regression or a failed cell, 2 on bad input, else 0."
+        ),
+    )
+    p.add_argument("base", metavar="BASE_REV", help="the revision to compare against (A)")
+    p.add_argument("head", metavar="HEAD_REV", nargs="?", default="HEAD", help="default: HEAD")
+    p.add_argument(
+        "--profile",
+        default=None,
+        help="matrix name in benchmarks/ (or a .toml path); default $BENCH_PROFILE or smoke",
+    )
+    p.add_argument("--only", default=None, help="cell-id glob(s) or substring(s), comma-separated")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=DEFAULT_ROUNDS,
+        help=f"A B pairs per cell (default {DEFAULT_ROUNDS}, measured: see the README)",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=None,
+        metavar="FRACTION",
+        help="relative throughput drop that counts (overrides the profile's ab_relative)",
+    )
+    p.add_argument(
+        "--allow-env-drift",
+        action="store_true",
+        help="compare even when a revision's uv.lock differs from this environment's",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable verdicts and samples")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from harness import ab
+    from harness.matrix import default_profile
+
+    result = ab.run_ab(
+        args.base,
+        args.head,
+        profile=args.profile or default_profile(),
+        only=args.only,
+        rounds=args.rounds,
+        tolerance=args.tolerance,
+        allow_env_drift=args.allow_env_drift,
+        progress=lambda line: print(f"bench ab: {line}", file=sys.stderr, flush=True),
+    )
+    print(ab.render_json(result) if args.json else ab.render_table(result))
+    return result.exit_code

@@ -1,0 +1,115 @@
+"""Statistics over repeated measurements: spread across repeats, and a two-sample test.
+
+Two uses, both pure functions over plain numbers (no Keras, no files):
+
+- :class:`RepeatStats`: a throughput cell repeated N times, each repeat in a fresh
+  process, summarised as MLPerf and asv report it: the median of the per-repeat medians,
+  their inter-quartile range and their coefficient of variation (stdev / mean).
+- :func:`mann_whitney`: the two-sided Mann-Whitney U test (``scipy.stats.mannwhitneyu``)
+  that ``bench ab`` uses to call two sets of step times different, and
+  :func:`smallest_p`: the smallest p-value the test can reach with samples of these
+  sizes. When that is not below the significance level, no outcome of the test could
+  say "different": there is not enough data, whatever the numbers are.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RepeatStats:
+    """Spread of one figure across repeats (e.g. the median step time of each repeat).
+
+    ``cv`` is the sample standard deviation over the mean (0 for a single repeat);
+    ``relative_iqr`` the IQR over the median, the figure :mod:`harness.compare` allows
+    for as noise.
+    """
+
+    n: int
+    median: float
+    p25: float
+    p75: float
+    mean: float
+    stdev: float
+    min: float
+    max: float
+
+    @property
+    def iqr(self) -> float:
+        return self.p75 - self.p25
+
+    @property
+    def cv(self) -> float:
+        return self.stdev / self.mean if self.mean else math.inf
+
+    @property
+    def relative_iqr(self) -> float:
+        return self.iqr / self.median if self.median else math.inf
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> RepeatStats:
+        """From per-repeat values (at least one, each finite)."""
+        vals = sorted(float(v) for v in values)
+        if not vals:
+            raise ValueError("RepeatStats.of needs at least one value, got none")
+        bad = [v for v in vals if not math.isfinite(v)]
+        if bad:
+            raise ValueError(f"RepeatStats.of needs finite values, got {bad[0]!r}")
+        if len(vals) >= 2:
+            q = statistics.quantiles(vals, n=4, method="inclusive")
+            p25, p75 = q[0], q[2]
+            stdev = statistics.stdev(vals)
+        else:
+            p25 = p75 = vals[0]
+            stdev = 0.0
+        return cls(
+            n=len(vals),
+            median=statistics.median(vals),
+            p25=p25,
+            p75=p75,
+            mean=statistics.fmean(vals),
+            stdev=stdev,
+            min=vals[0],
+            max=vals[-1],
+        )
+
+    def to_dict(self) -> dict[str, float | int]:
+        """The summary as plain JSON, with the derived IQR and CV spelled out."""
+        return {
+            "n": self.n,
+            "median": self.median,
+            "p25": self.p25,
+            "p75": self.p75,
+            "iqr": self.iqr,
+            "cv": self.cv,
+            "mean": self.mean,
+            "stdev": self.stdev,
+            "min": self.min,
+            "max": self.max,
+        }
+
+
+def smallest_p(n: int, m: int) -> float:
+    """The smallest two-sided p-value the Mann-Whitney U test can give for sizes n and m.
+
+    It is reached when every value of one sample lies beyond every value of the other:
+    2 / C(n + m, n) (capped at 1). With 5 against 5 that is 0.0079, so a threshold of
+    0.002 can never be met; 7 against 7 gives 0.00058.
+    """
+    if n < 1 or m < 1:
+        return 1.0
+    return min(1.0, 2.0 / math.comb(n + m, n))
+
+
+def mann_whitney(a: Sequence[float], b: Sequence[float]) -> float:
+    """Two-sided Mann-Whitney U p-value for ``a`` against ``b`` (scipy; exact for small
+    samples without ties, the normal approximation with tie correction otherwise)."""
+    if not a or not b:
+        raise ValueError(f"mann_whitney needs two non-empty samples, got {len(a)} and {len(b)}")
+    from scipy.stats import mannwhitneyu
+
+    return float(mannwhitneyu(a, b, alternative="two-sided", method="auto").pvalue)
