@@ -26,24 +26,13 @@ from PIL import Image
 
 from harness.datasets import cache
 from harness.datasets.build import build_cache
-from harness.datasets.layouts import FileSplit, Plan
 from harness.datasets.loader import iterate_batches, open_split
-from harness.manifest import DatasetEntry, LocalSource
+from harness.perf.data import memcpy_pass, prepare_inputs, write_jpegs
 
 N_FILES = 256
 N_CACHED = 1024
 SIZE = 224
 BATCH = 32
-
-
-def _photo_like(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """Smooth colour gradients with a little noise: compresses and decodes like a photo."""
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    base = rng.uniform(0, 255, 3)
-    slope = rng.uniform(-0.4, 0.4, (2, 3))
-    img = base + yy[..., None] * slope[0] + xx[..., None] * slope[1]
-    img += rng.normal(0, 12, (h, w, 3))
-    return np.clip(img, 0, 255).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -62,36 +51,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def jpegs(workdir: Path) -> list[Path]:
-    rng = np.random.default_rng(0)
-    folder = workdir / "jpegs"
-    folder.mkdir()
-    files = []
-    exif = Image.Exif()
-    exif[0x0112] = 1  # orientation: upright (what most camera files say)
-    exif[0x010F] = "Camera maker"
-    exif[0x0110] = "Model 1"
-    for i in range(N_FILES):
-        path = folder / f"{i:04d}.jpg"
-        Image.fromarray(_photo_like(rng, 375, 500)).save(path, "JPEG", quality=90, exif=exif)
-        files.append(path)
-    return files
-
-
-def _entry() -> DatasetEntry:
-    return DatasetEntry(
-        name="bench",
-        source=LocalSource(filename="bench.tar"),
-        class_names=("a",),
-        num_classes=1,
-        channels=3,
-        splits={"train": N_FILES},
-        prepared={},
-        layout={"format": "image-folders"},
-    )
-
-
-def _plan(files: list[Path]) -> Plan:
-    return Plan(("a",), {"train": FileSplit(tuple(files), np.zeros(len(files), np.int32))})
+    """CUB-like JPEGs (500×375, photo-like, EXIF block), as ``bench perf`` makes them."""
+    return write_jpegs(workdir / "jpegs", N_FILES)
 
 
 class _CpuClock:
@@ -131,7 +92,7 @@ def _report(benchmark, name: str, images: int, **extra: float) -> None:
 @pytest.mark.parametrize("workers", [1, 2], ids=["1-worker", "2-workers"])
 def test_prepare_rate(benchmark, jpegs: list[Path], workers: int) -> None:
     """Harness prepare: JPEG 500×375 → 224×224 RGB uint8 cache (decode, resize, write, digest)."""
-    plan, entry = _plan(jpegs), _entry()
+    entry, plan = prepare_inputs(jpegs)
     clock = _CpuClock(build_cache)
     benchmark.pedantic(
         clock,
@@ -223,13 +184,6 @@ def prepared_224(workdir: Path) -> str:
     return "loader-bench"
 
 
-def _memcpy_pass(src: np.ndarray, dst: np.ndarray) -> None:
-    """numpy copy of the same bytes, batch by batch, in order, into a reused buffer: the
-    ceiling for a loader that hands out batches (no gather, no shuffle)."""
-    for start in range(0, len(src) - BATCH + 1, BATCH):
-        np.copyto(dst, src[start : start + BATCH])
-
-
 def test_loader_rate_224(benchmark, prepared_224: str) -> None:
     """Loader: one shuffled pass, batch 32, 224×224×3 uint8 from the memmapped cache, 1 core.
 
@@ -254,7 +208,7 @@ def test_loader_rate_224(benchmark, prepared_224: str) -> None:
         t0 = time.perf_counter()
         one_pass()
         t1 = time.perf_counter()
-        _memcpy_pass(src, dst)
+        memcpy_pass(src, dst)
         t2 = time.perf_counter()
         loader_t.append(t1 - t0)
         memcpy_t.append(t2 - t1)

@@ -4,11 +4,13 @@ Run: ``.venv/bin/pytest benchmarks/bench_overhead.py --benchmark-only -s`` (or
 ``.venv/bin/python benchmarks/bench_overhead.py``). Figures go to stdout and to each
 benchmark's ``extra_info``.
 
-1. **Harness overhead** (target >= 0.97): one process, one compiled model (the smoke
-   setting: MobileNetV2 alpha 0.35, 32 px, full-fine-tune, batch 32, float32, augmentation
-   in the model), uint8 arrays in memory. ``model.fit`` for one epoch bare, then with the
-   harness's callbacks (step timer, epoch timer with learning-rate logging,
-   time-to-target), interleaved, several rounds after a warm-up fit that traces the graph.
+1. **Harness overhead** (target >= 0.97), :func:`harness.perf.training.measure_overhead`
+   (the same figure as ``bench perf``): the smoke setting (MobileNetV2 alpha 0.35, 32 px,
+   full-fine-tune, batch 32, float32, augmentation in the model), uint8 arrays in memory.
+   ``model.fit`` for one epoch of the model compiled the plain Keras way, then of the same
+   architecture through the harness's compile path with its callbacks (step timer, epoch
+   timer with learning-rate logging, time-to-target), interleaved, several rounds after
+   warm-up fits that trace the graphs.
    Ratio = median bare epoch time / median harness epoch time (same steps, same batch);
    on a busy machine the best-of and the CPU-seconds ratios are the steadier figures.
    Also reported: the harness's own figure (batch / median step time) against the bare
@@ -39,62 +41,10 @@ ROUNDS = 7
 
 
 def measure_overhead(rounds: int = ROUNDS) -> dict[str, Any]:
-    import keras
-    import numpy as np
+    """What ``bench perf`` measures as ``harness_overhead_ratio`` (one implementation)."""
+    from harness.perf.training import measure_overhead as measure
 
-    from harness import backend, strategies, timing
-    from harness.matrix import CellSpec
-
-    cell = CellSpec(
-        dataset="overhead", strategy="full-fine-tune", precision="float32", seed=0,
-        image_size=32, alpha=0.35, weights="none", batch_size=BATCH, epochs=1,
-        input="synthetic", num_classes=10, augmentation="flip",
-    )  # fmt: skip
-    keras.utils.set_random_seed(0)
-    backend.enable_determinism(True)
-    built = strategies.build(cell, 10, None, "random (benchmark)")
-    strategies.compile_stage(built, built.plan.stages[0])
-    model = built.model
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (STEPS * BATCH, 32, 32, 3), dtype=np.uint8)
-    y = rng.integers(0, 10, STEPS * BATCH, dtype=np.int32)
-
-    cpu: dict[str, list[float]] = {"bare": [], "harness": []}
-
-    def fit(callbacks: list[Any], kind: str = "") -> float:
-        t0, c0 = time.perf_counter(), time.process_time()
-        model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, shuffle=True, callbacks=callbacks)
-        if kind:
-            cpu[kind].append(time.process_time() - c0)
-        return time.perf_counter() - t0
-
-    fit([])  # trace + warm up
-    fit([])
-    bare, harness, reported = [], [], []
-    for _ in range(rounds):
-        bare.append(fit([], "bare"))
-        et = timing.EpochTimer()
-        st = timing.StepTimer(3)
-        harness.append(fit([et, timing.TimeToTarget(0.99, et), st], "harness"))
-        tp = st.throughput(0, batch_size=BATCH, precision="float32", input_kind="synthetic")
-        reported.append(tp.images_per_s if tp else float("nan"))
-    b, h = statistics.median(bare), statistics.median(harness)
-    images = STEPS * BATCH
-    return {
-        "setting": "MobileNetV2 a0.35 32px full-fine-tune, batch 32, float32, uint8 in memory",
-        "backend": keras.backend.backend(),
-        "steps_per_epoch": STEPS,
-        "rounds": rounds,
-        "bare_epoch_s": bare,
-        "harness_epoch_s": harness,
-        "bare_images_per_s": images / b,
-        "harness_images_per_s": images / h,
-        "ratio_harness_over_bare": b / h,
-        "ratio_best_of": min(bare) / min(harness),
-        "ratio_cpu_seconds": statistics.median(cpu["bare"]) / statistics.median(cpu["harness"]),
-        "load_average_1m": os.getloadavg()[0],
-        "harness_reported_images_per_s_median": statistics.median(reported),
-    }
+    return measure(STEPS, rounds)
 
 
 def measure_smoke(runs_dir: Path, data_dir: Path) -> dict[str, Any]:
