@@ -11,8 +11,9 @@ How (:func:`run_ab`):
    afterwards whatever happens (an error, Ctrl-C, SIGTERM).
 2. Each revision runs with *this* environment (this interpreter, so this ``.venv``),
    with ``PYTHONPATH`` and ``BENCH_HOME`` pointing at its worktree, unless its
-   ``uv.lock`` differs from this checkout's: then the comparison would measure the
-   dependencies too, so it is refused (exit 2) unless ``--allow-env-drift``.
+   ``uv.lock`` differs from the one this environment was installed from
+   (:func:`harness.env.lock_info`): then the comparison would measure the dependencies
+   too, so it is refused (exit 2) unless ``--allow-env-drift``.
 3. Every selected cell runs once per revision per round, each time as a fresh
    ``bench run CELL`` process from that worktree into a temporary runs folder; the cell
    definitions come from *this* checkout's profile file, so both revisions run the same
@@ -41,6 +42,7 @@ when the test could not reach the threshold with that many samples whatever they
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -56,7 +58,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from harness import jsonio, paths, stats
+from harness import env, jsonio, paths, stats
 from harness.errors import EXIT_FAILURE, EXIT_OK, BenchError, InputError
 
 AB_KIND = "transfer-bench.ab"
@@ -307,19 +309,19 @@ def resolve(repo: Path, rev: str, label: str) -> Side:
     return Side(label, rev, proc.stdout.strip())
 
 
-def lock_drift(repo: Path, side: Side, lock: bytes | None) -> str | None:
-    """Why ``side``'s ``uv.lock`` is not this environment's, or None when it is the same."""
+def lock_drift(repo: Path, side: Side, digest: str | None) -> str | None:
+    """Why ``side``'s ``uv.lock`` is not the one this environment was installed from
+    (``digest``: its sha256, :func:`harness.env.lock_info`), or None when it is."""
     proc = subprocess.run(
         ["git", "-C", str(repo), "show", f"{side.commit}:uv.lock"], capture_output=True
     )
-    theirs = proc.stdout if proc.returncode == 0 else None
-    if theirs == lock:
-        return None
-    if theirs is None:
+    if proc.returncode != 0:
         return f"{side.label} ({side.rev}) has no uv.lock"
-    if lock is None:
-        return "this checkout has no uv.lock to compare with"
-    return f"{side.label} ({side.rev}) has another uv.lock than this environment"
+    if digest is None:
+        return "this environment's uv.lock is not found, so it cannot be compared"
+    if hashlib.sha256(proc.stdout).hexdigest() != digest:
+        return f"{side.label} ({side.rev}) has another uv.lock than this environment"
+    return None
 
 
 @contextlib.contextmanager
@@ -347,16 +349,16 @@ def worktrees(repo: Path, sides: Sequence[Side]) -> Iterator[tuple[Path, dict[st
 
 def side_env(tree: Path, data_dir: Path) -> dict[str, str]:
     """This environment, with the harness imported from ``tree`` and its files used."""
-    env = dict(os.environ)
-    env.pop("BENCH_PROFILE", None)
-    env.update(
+    out = dict(os.environ)
+    out.pop("BENCH_PROFILE", None)
+    out.update(
         PYTHONPATH=str(tree),
         BENCH_HOME=str(tree),
         BENCH_DATA_DIR=str(data_dir),
         PYTHONUNBUFFERED="1",
         TF_CPP_MIN_LOG_LEVEL="2",
     )
-    return env
+    return out
 
 
 def check_imports_from(tree: Path, env: dict[str, str]) -> None:
@@ -442,15 +444,14 @@ def run_ab(
     cells = [c.cell_id for c in matrix.select(only)]
     if tolerance is not None:
         tol, source = tolerance, "--tolerance"
-    elif getattr(matrix.tolerances, "ab_relative", None) is not None:
-        tol, source = float(matrix.tolerances.ab_relative), f"profile {matrix.profile}"
+    elif matrix.tolerances.ab_relative is not None:
+        tol, source = matrix.tolerances.ab_relative, f"profile {matrix.profile}"
     else:
         tol, source = DEFAULT_TOLERANCE, "the default (profile sets no ab_relative)"
 
     repo = repo_root(paths.project_root())
     a, b = resolve(repo, base, "A"), resolve(repo, head, "B")
-    lock_file = paths.project_root() / "uv.lock"
-    lock = lock_file.read_bytes() if lock_file.is_file() else None
+    lock = env.lock_info()["digest"]
     drift = [d for d in (lock_drift(repo, s, lock) for s in (a, b)) if d]
     if drift and not allow_env_drift:
         raise InputError(

@@ -1,7 +1,8 @@
 """Benchmark matrices: ``benchmarks/<profile>.toml`` parsed into frozen, validated cells.
 
 A matrix file has a ``[profile]`` table (description), a ``[tolerances]`` table
-(``accuracy_points``, ``throughput_relative``: what compare allows), a ``[defaults]``
+(``accuracy_points``, ``throughput_relative``: what compare allows; optional
+``ab_relative``: what ``bench ab`` allows), a ``[defaults]``
 table (any :class:`CellSpec` field) and one or more ``[[cells]]`` groups. A group is
 the product ``datasets × strategies × precisions × seeds``; every other key of the
 group overrides the defaults for those cells only. All validation happens here, and
@@ -48,6 +49,8 @@ class Tolerances:
 
     accuracy_points: float  # absolute, in percentage points of accuracy
     throughput_relative: float  # relative drop of images/s, e.g. 0.10 = 10 %
+    # bench ab: relative drop of interleaved A/B throughput that counts (None: its default)
+    ab_relative: float | None = None
 
 
 @dataclass(frozen=True)
@@ -275,20 +278,22 @@ def _table(data: dict[str, Any], key: str, path: Path, *, required: bool) -> dic
 
 def _tolerances(table: dict[str, Any], path: Path) -> Tolerances:
     want = ("accuracy_points", "throughput_relative")
-    unknown = sorted(set(table) - set(want))
+    optional = ("ab_relative",)
+    unknown = sorted(set(table) - set(want) - set(optional))
     if unknown:
-        raise InputError(f"{path}: tolerances: unknown field(s) {unknown} (known: {list(want)})")
+        known = [*want, *optional]
+        raise InputError(f"{path}: tolerances: unknown field(s) {unknown} (known: {known})")
     vals = {}
-    for key in want:
+    for key in (*want, *(k for k in optional if k in table)):
         v = table.get(key)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not _finite(v) or v < 0:
             raise InputError(f"{path}: tolerances.{key} must be a number >= 0, got {v!r}")
         vals[key] = float(v)
-    if vals["throughput_relative"] >= 1:
-        raise InputError(
-            f"{path}: tolerances.throughput_relative must be < 1 (a fraction), "
-            f"got {vals['throughput_relative']!r}"
-        )
+    for key in ("throughput_relative", "ab_relative"):
+        if vals.get(key, 0.0) >= 1:
+            raise InputError(
+                f"{path}: tolerances.{key} must be < 1 (a fraction), got {vals[key]!r}"
+            )
     return Tolerances(**vals)
 
 

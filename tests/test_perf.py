@@ -1,0 +1,124 @@
+"""``bench perf``: the figures, their targets and the exit code.
+
+The real command runs once (``--json --quick``, as CI runs it): its keys and types are
+checked, never its figures (speed is reported, not gated, in tests). The table logic
+(what holds, what fails, the exit code) is checked on fixed measurement details.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from harness import perf
+
+KEYS = (
+    "harness_overhead_ratio",
+    "loader_images_per_s_224",
+    "streaming_ratio",
+    "linear_probe_speedup",
+    "prepare_images_per_s_per_core",
+    "cell_start_s",
+)
+
+
+def _details(**over: Any) -> dict[str, Any]:
+    details = {
+        "overhead": {
+            "ratio_harness_over_bare": 0.99,
+            "ratio_best_of": 1.0,
+            "ratio_cpu_seconds": 1.0,
+        },
+        "loader": {
+            "images_per_s": 30_000.0,
+            "fraction_of_memcpy": 0.4,
+            "mmap_gather_images_per_s": 60_000.0,
+        },
+        "streaming": {
+            "ratio_stream_over_memory": 1.0,
+            "ratio_best_of": 1.0,
+            "ratio_cpu_seconds": 1.0,
+        },
+        "prepare": {
+            "images_per_s_per_core": 300.0,
+            "pillow_images_per_s_per_core": 310.0,
+            "ratio_to_pillow": 300 / 310,
+        },
+        "cells": {
+            "probe": {
+                "speedup": 12.0,
+                "accuracy_matched": True,
+                "feature_extract_best_val": 0.9,
+                "linear_probe_best_val": 0.9,
+            },
+            "cell_start": {"median_s": 3.1, "samples_s": [3.0, 3.2]},
+        },
+        "cpu_count": 2,
+        "load_average_1m_end": 1.0,
+    }
+    for path, value in over.items():
+        *parents, leaf = path.split("__")
+        node = details
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return details
+
+
+def test_every_target_holds() -> None:
+    figures = perf.figures_from(_details())
+    assert [f.key for f in figures] == list(KEYS)
+    assert [f.holds for f in figures] == [True, True, True, True, True, None]
+    report = perf.PerfReport(False, figures, _details())
+    assert report.exit_code == 0
+    assert "every target holds" in perf.render_table(report)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ({"overhead__ratio_harness_over_bare": 0.96}, "harness_overhead_ratio"),
+        ({"loader__images_per_s": 9_999.0}, "loader_images_per_s_224"),
+        ({"streaming__ratio_stream_over_memory": 0.9}, "streaming_ratio"),
+        ({"cells__probe__speedup": 9.5}, "linear_probe_speedup"),
+        # fast enough, but not at equal accuracy: does not hold
+        ({"cells__probe__accuracy_matched": False}, "linear_probe_speedup"),
+        ({"prepare__images_per_s_per_core": 200.0}, "prepare_images_per_s_per_core"),
+    ],
+)
+def test_a_missed_target_fails_the_command(override: dict[str, Any], key: str) -> None:
+    details = _details(**override)
+    report = perf.PerfReport(True, perf.figures_from(details), details)
+    assert [f.key for f in report.figures if f.holds is False] == [key]
+    assert report.exit_code == 1
+    table = perf.render_table(report)
+    assert f"targets missed: {key}" in table
+    assert "indicative" in table  # quick figures say so
+
+
+def test_json_has_the_keys_and_a_version() -> None:
+    details = _details()
+    data = json.loads(perf.render_json(perf.PerfReport(False, perf.figures_from(details), details)))
+    assert set(KEYS) <= set(data)
+    assert data["kind"] == "transfer-bench.perf" and data["schema"] == 1
+    assert data["linear_probe_speedup"] == 12.0 and data["exit_code"] == 0
+
+
+@pytest.mark.slow
+def test_bench_perf_quick_json(run_bench: Callable[..., Any]) -> None:
+    """The real command, as CI runs it: keys and types, figures reported, not gated."""
+    proc = run_bench("perf", "--json", "--quick", timeout=3600)
+    assert proc.returncode in (0, 1), proc.stderr[-3000:]
+    data = json.loads(proc.stdout)
+    print({k: data[k] for k in KEYS})
+    assert data["kind"] == "transfer-bench.perf" and data["schema"] == 1
+    assert data["quick"] is True
+    for key in KEYS:
+        assert isinstance(data[key], float) and math.isfinite(data[key]) and data[key] > 0, key
+    assert [f["key"] for f in data["figures"]] == list(KEYS)
+    missed = [f["key"] for f in data["figures"] if f["holds"] is False]
+    assert proc.returncode == (1 if missed else 0)
