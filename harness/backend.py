@@ -1,10 +1,11 @@
 """Everything that depends on which Keras backend runs a cell, behind one small interface.
 
-This is the only module that touches TensorFlow (or JAX / PyTorch) directly: op
-determinism, device listing and capabilities, device memory statistics, build info and
-the fused Adam update. The rest of the harness speaks Keras 3 only, so that
-``KERAS_BACKEND=jax`` or ``torch`` still runs a cell; each function here has a
-TensorFlow path and, where the others differ, their path or an honest "unknown".
+The rest of the harness speaks Keras 3 and imports this module only; the code for each
+framework lives in one module per backend under :mod:`harness.backends` (TensorFlow, JAX,
+PyTorch), and only the module of the backend a process runs on is imported, so a JAX
+cell never imports TensorFlow. What is the same for every backend lives here: the
+precision rules, the host's memory, the learning-rate-scaled Adam, ``jit_compile``'s
+default.
 
 What counts as a precision the device *cannot run* (decided here, enforced by the runner):
 
@@ -19,24 +20,33 @@ What counts as a precision the device *cannot run* (decided here, enforced by th
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.metadata
 import importlib.util
 import json
 import os
 import resource
-import runpy
-from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-BACKENDS: tuple[str, ...] = ("tensorflow", "jax", "torch")
+from harness import backends, cpuinfo
+from harness.backends._base import CompileWatch, Device
+
+__all__ = ["BACKENDS", "CompileWatch", "Device"]
+
+BACKENDS: tuple[str, ...] = backends.names()
+BF16_CPU_FLAGS: tuple[str, ...] = ("avx512_bf16", "amx_bf16")
 
 
 def configured_backend() -> str:
-    """The backend Keras will use, read without importing Keras.
+    """The backend a cell runs on when nothing names one, read without importing Keras.
 
-    ``$KERAS_BACKEND``, else ``~/.keras/keras.json`` (``$KERAS_HOME``), else tensorflow.
+    ``$KERAS_BACKEND``, else ``~/.keras/keras.json`` (``$KERAS_HOME``) when that backend is
+    installed (Keras writes the file itself, naming tensorflow, on its first import), else
+    the first installed of TensorFlow, JAX and torch (so a machine with JAX and no
+    TensorFlow, like the GPU machines, runs JAX), else tensorflow.
     """
     env = os.environ.get("KERAS_BACKEND")
     if env:
@@ -44,25 +54,29 @@ def configured_backend() -> str:
     home = os.environ.get("KERAS_HOME") or str(Path.home() / ".keras")
     try:
         cfg = json.loads((Path(home) / "keras.json").read_text())
-        return str(cfg.get("backend") or "tensorflow")
+        named = str(cfg.get("backend") or "")
+        if named in BACKENDS and installed(named):
+            return named
     except (OSError, ValueError):
-        return "tensorflow"
+        pass
+    return next((b for b in BACKENDS if installed(b)), backends.DEFAULT)
+
+
+def module(backend_name: str | None = None) -> ModuleType:
+    """The :mod:`harness.backends` module of ``backend_name`` (default: the running one)."""
+    return backends.load(backend_name or name())
+
+
+def installed(backend_name: str) -> bool:
+    """Whether the backend's framework can be imported here (without importing it)."""
+    return importlib.util.find_spec(backends.load(backend_name).MODULE) is not None
 
 
 def prepare_process(backend: str, *, deterministic: bool) -> None:
     """Environment a cell process needs *before* Keras (and its backend) is imported."""
     os.environ["KERAS_BACKEND"] = backend
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if backend == "jax":
-        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-        if deterministic:
-            flags = os.environ.get("XLA_FLAGS", "")
-            if "xla_gpu_deterministic_ops" not in flags:
-                os.environ["XLA_FLAGS"] = (flags + " --xla_gpu_deterministic_ops=true").strip()
-    elif backend == "torch" and deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    elif backend == "tensorflow":
-        os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
+    backends.load(backend).prepare_process(deterministic)
 
 
 def name() -> str:
@@ -71,87 +85,53 @@ def name() -> str:
     return keras.backend.backend()
 
 
+def resolve_jit_compile(value: bool | None, backend_name: str | None = None) -> bool:
+    """A cell's ``jit_compile``: its own value, else its backend's default
+    (TensorFlow: False, a ``tf.function`` graph; JAX: True, ``jax.jit``; torch: False)."""
+    if value is not None:
+        return bool(value)
+    return bool(module(backend_name).JIT_DEFAULT)
+
+
+def jit_meaning(value: bool, backend_name: str | None = None) -> str:
+    """What ``jit_compile=value`` runs on the backend, in words (for the result)."""
+    return str(module(backend_name).JIT_MEANING[bool(value)])
+
+
+def enable_jit(model: Any) -> list[str]:
+    """Let ``jit_compile=True`` hold on this backend: mark the layers Keras calls
+    un-compilable but this backend compiles (its module's ``JIT_SAFE_LAYERS``; on JAX the
+    affine augmentation layers, without which Keras silently runs the whole step eagerly).
+    Call before ``compile``; returns the names of the layers it marked."""
+    safe = getattr(module(), "JIT_SAFE_LAYERS", ())
+    marked = []
+    for layer in model._flatten_layers():
+        if not layer.supports_jit and type(layer).__name__ in safe:
+            layer.supports_jit = True
+            marked.append(layer.name)
+    return marked
+
+
 def enable_determinism(on: bool) -> str:
     """Turn op determinism on (or leave it off); returns what was done, for the result."""
-    backend = name()
     if not on:
         return "off"
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        tf.config.experimental.enable_op_determinism()
-        return "tf.config.experimental.enable_op_determinism"
-    if backend == "torch":
-        import torch
-
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-        return "torch.use_deterministic_algorithms"
-    if backend == "jax":
-        return "XLA_FLAGS=--xla_gpu_deterministic_ops=true (CPU XLA is deterministic)"
-    return f"unknown backend {backend!r}: no determinism switch"
-
-
-@dataclass(frozen=True)
-class Device:
-    """One compute device as the backend sees it."""
-
-    kind: str  # "GPU" or "CPU"
-    name: str
-    compute_capability: tuple[int, int] | None = None
+    return str(module().enable_determinism())
 
 
 def devices() -> list[Device]:
     """Accelerators visible to the backend (GPUs first), then the host CPU."""
-    backend = name()
-    found: list[Device] = []
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        for d in tf.config.list_physical_devices("GPU"):
-            details = tf.config.experimental.get_device_details(d)
-            cc = details.get("compute_capability")
-            dev_name = details.get("device_name", d.name)
-            found.append(Device("GPU", dev_name, tuple(cc) if cc else None))
-    elif backend == "jax":
-        import jax
-
-        for d in jax.devices():
-            if d.platform == "gpu":
-                cc = getattr(d, "compute_capability", None)
-                cc_t = tuple(int(x) for x in str(cc).split(".")[:2]) if cc else None
-                found.append(Device("GPU", d.device_kind, cc_t))
-    elif backend == "torch":
-        import torch
-
-        if torch.cuda.is_available():
-            for i in range(torch.cuda.device_count()):
-                cc = torch.cuda.get_device_capability(i)
-                found.append(Device("GPU", torch.cuda.get_device_name(i), cc))
-    found.append(Device("CPU", cpu_model()))
-    return found
+    return [*module().gpus(), Device("CPU", cpu_model())]
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
+    return cpuinfo.model()
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+def bf16_cpu_flags() -> list[str]:
+    """The native-bfloat16 CPU flags this machine has (empty: none)."""
+    flags = cpuinfo.flags()
+    return [f for f in BF16_CPU_FLAGS if f in flags]
 
 
 def precision_problem(precision: str, devs: list[Device] | None = None) -> str | None:
@@ -177,72 +157,62 @@ def precision_problem(precision: str, devs: list[Device] | None = None) -> str |
                 f"precision mixed_bfloat16 needs a GPU of compute capability >= 8.0; "
                 f"{gpus[0].name} has {cc!r}"
             )
-        flags = _cpu_flags()
-        if {"avx512_bf16", "amx_bf16"} & flags:
+        if bf16_cpu_flags():
             return None
         return (
-            f"precision mixed_bfloat16 needs a GPU (compute capability >= 8.0) or a CPU with "
-            f"avx512_bf16/amx_bf16; this machine has neither ({cpu_model()})"
+            f"precision mixed_bfloat16 is unsupported here: it needs a GPU (compute "
+            f"capability >= 8.0) or a CPU with {'/'.join(BF16_CPU_FLAGS)}; this machine "
+            f"has neither ({cpu_model()})"
         )
     return f"unknown precision {precision!r}"
 
 
 def reset_peak_memory() -> None:
     """Start a fresh device peak-memory window where the backend allows it."""
-    backend = name()
-    try:
-        if backend == "tensorflow":
-            import tensorflow as tf
-
-            if tf.config.list_logical_devices("GPU"):
-                tf.config.experimental.reset_memory_stats("GPU:0")
-        elif backend == "torch":
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.reset_peak_memory_stats()
-    except (RuntimeError, ValueError):
-        pass
+    with contextlib.suppress(RuntimeError, ValueError):
+        module().reset_peak_memory()
 
 
 def peak_memory() -> tuple[int, str]:
-    """(bytes, what it means): the device peak on a GPU, else the host's max RSS."""
-    backend = name()
+    """(bytes, what it means): the device's peak from its stats, else the host's max RSS."""
     try:
-        if backend == "tensorflow":
-            import tensorflow as tf
-
-            if tf.config.list_logical_devices("GPU"):
-                info = tf.config.experimental.get_memory_info("GPU:0")
-                return int(info["peak"]), "gpu:0 peak allocated (tensorflow)"
-        elif backend == "torch":
-            import torch
-
-            if torch.cuda.is_available():
-                return int(torch.cuda.max_memory_allocated()), "gpu:0 peak allocated (torch)"
-        elif backend == "jax":
-            import jax
-
-            gpus = [d for d in jax.devices() if d.platform == "gpu"]
-            if gpus:
-                stats = gpus[0].memory_stats() or {}
-                if "peak_bytes_in_use" in stats:
-                    return int(stats["peak_bytes_in_use"]), "gpu:0 peak bytes in use (jax)"
+        device = module().peak_memory()
     except (RuntimeError, ValueError, KeyError):
-        pass
+        device = None
+    if device is not None:
+        return device
     rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss_kib) * 1024, "host max rss of the cell process (no GPU)"
+    return int(rss_kib) * 1024, "host max rss of the cell process (no device memory stats)"
+
+
+def sync(model: Any) -> None:
+    """Return once the device has finished the work queued for ``model`` (timing needs it)."""
+    module().sync(model)
+
+
+def compile_watch() -> CompileWatch:
+    """Records the backend's compilations while open, where the backend can observe them."""
+    return module().compile_watch()
+
+
+def eval_batch_size(n: int, batch: int) -> int:
+    """Batch size for validation, evaluate and predict over ``n`` examples (see backends)."""
+    return int(module().eval_batch_size(n, batch))
+
+
+def runtime_info() -> dict[str, Any]:
+    """What the running framework reports about itself and its device (for the result)."""
+    try:
+        return dict(module().runtime_info())
+    except Exception as exc:  # information only: never fail a cell for it
+        return {"error": f"{type(exc).__name__}: {exc}"[:200]}
 
 
 def framework_versions() -> dict[str, str | None]:
     """Installed versions of keras and each backend, without importing them."""
     out: dict[str, str | None] = {}
-    for key, dists in (
-        ("keras", ("keras",)),
-        ("tensorflow", ("tensorflow", "tensorflow-cpu", "tf-nightly")),
-        ("jax", ("jax",)),
-        ("torch", ("torch",)),
-    ):
+    for key in ("keras", *BACKENDS):
+        dists = ("keras",) if key == "keras" else backends.load(key).DISTRIBUTIONS
         out[key] = None
         for dist in dists:
             try:
@@ -254,35 +224,18 @@ def framework_versions() -> dict[str, str | None]:
 
 
 @functools.cache
-def build_info() -> dict[str, str | None]:
-    """CUDA / cuDNN versions the installed TensorFlow (else torch) was built against.
+def build_info(backend_name: str | None = None) -> dict[str, str | None]:
+    """CUDA / cuDNN versions a backend was built against, without importing it.
 
-    Read from ``tensorflow/python/platform/build_info.py`` directly, so the orchestrating
-    process never pays for (or initialises a GPU through) a TensorFlow import.
+    ``backend_name``: that backend's; None: the first installed of :data:`BACKENDS`
+    (TensorFlow, then JAX, then torch), so a machine without TensorFlow reports its JAX's.
     """
-    info: dict[str, str | None] = {"cuda": None, "cudnn": None}
-    spec = importlib.util.find_spec("tensorflow")
-    if spec and spec.submodule_search_locations:
-        for loc in spec.submodule_search_locations:
-            path = Path(loc) / "python" / "platform" / "build_info.py"
-            if path.is_file():
-                try:
-                    data = runpy.run_path(str(path)).get("build_info", {})
-                except Exception:  # a malformed file must not break a fingerprint
-                    data = {}
-                info["cuda"] = data.get("cuda_version") or None
-                info["cudnn"] = data.get("cudnn_version") or None
-                return info
-    if importlib.util.find_spec("torch"):
-        try:
-            import torch
-
-            info["cuda"] = torch.version.cuda
-            v = torch.backends.cudnn.version()
-            info["cudnn"] = str(v) if v else None
-        except Exception:
-            pass
-    return info
+    if backend_name is not None:
+        return dict(backends.load(backend_name).build_info())
+    for b in BACKENDS:
+        if installed(b):
+            return dict(backends.load(b).build_info())
+    return {"cuda": None, "cudnn": None}
 
 
 def prebuild_for_fit(model: Any, x: Any, y: Any) -> None:
@@ -308,20 +261,17 @@ def adam(learning_rate: float, *, lr_multipliers: dict[str, float] | None = None
     ``lr_multipliers`` maps a variable's ``path`` to a factor: that variable is updated with
     ``learning_rate × factor`` (Keras 3 has no per-layer learning rates; this is how
     two-stage gives the backbone a lower one, exactly, including under Adam, whose update
-    is invariant to gradient scaling). On TensorFlow the update of each variable is one
-    fused ``ResourceApplyAdam`` op — the same formula as Keras's Adam
-    (``lr·sqrt(1-β2^t)/(1-β1^t) · m / (sqrt(v) + ε)``) in ~1 op instead of ~20, which cuts
-    the graph-tracing time of a full MobileNetV2 training step by more than half on a CPU.
+    is invariant to gradient scaling). Each backend may swap in a faster implementation of
+    the same update (``fused_adam`` in its module): TensorFlow's ``ResourceApplyAdam``,
+    Keras's ``torch._foreach`` Adam; under ``jax.jit`` XLA fuses the plain one.
     """
-    cls = _adam_class()
+    cls = _adam_class(name())
     return cls(learning_rate=learning_rate, lr_multipliers=lr_multipliers or {})
 
 
 @functools.cache
-def _adam_class() -> type:
+def _adam_class(backend_name: str) -> type:
     import keras
-
-    backend = keras.backend.backend()
 
     class HarnessAdam(keras.optimizers.Adam):
         def __init__(self, *args: Any, lr_multipliers: dict[str, float], **kwargs: Any) -> None:
@@ -342,50 +292,7 @@ def _adam_class() -> type:
             config["lr_multipliers"] = dict(self.lr_multipliers)
             return config
 
-    if backend != "tensorflow":
-        return HarnessAdam
-
-    import tensorflow as tf
-
-    class FusedHarnessAdam(HarnessAdam):
-        implementation = "tensorflow ResourceApplyAdam (fused)"
-
-        def _backend_update_step(self, grads: Any, trainable_variables: Any, lr: Any) -> None:
-            if self.amsgrad:  # pragma: no cover - not used by the harness
-                return super()._backend_update_step(grads, trainable_variables, lr)
-            step = tf.cast(self.iterations + 1, tf.float32)
-            beta_1 = tf.constant(self.beta_1, tf.float32)
-            beta_2 = tf.constant(self.beta_2, tf.float32)
-            scalars = {
-                "beta1_power": tf.pow(beta_1, step),
-                "beta2_power": tf.pow(beta_2, step),
-                "beta1": beta_1,
-                "beta2": beta_2,
-                "epsilon": tf.constant(self.epsilon, tf.float32),
-            }
-            lr = tf.cast(lr, tf.float32)
-            cache: dict[tuple[Any, float], dict[str, Any]] = {}
-            for grad, variable in zip(grads, trainable_variables, strict=True):
-                var = variable.value if isinstance(variable, keras.Variable) else variable
-                index = self._get_variable_index(variable)
-                factor = self._factor(variable)
-                key = (var.dtype, factor)
-                if key not in cache:  # one set of scalar ops per (dtype, factor), not per var
-                    var_lr = lr * factor if factor != 1.0 else lr
-                    cache[key] = {
-                        k: tf.cast(t, var.dtype) for k, t in {**scalars, "lr": var_lr}.items()
-                    }
-                tf.raw_ops.ResourceApplyAdam(
-                    var=var.handle,
-                    m=self._momentums[index].value.handle,
-                    v=self._velocities[index].value.handle,
-                    grad=tf.cast(grad, var.dtype),
-                    use_locking=False,
-                    **cache[key],
-                )
-            return None
-
-    return FusedHarnessAdam
+    return backends.load(backend_name).fused_adam(HarnessAdam) or HarnessAdam
 
 
 def optimizer_implementation(optimizer: Any) -> str:

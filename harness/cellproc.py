@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     from harness.matrix import CellSpec
 
     cell = CellSpec(**json.loads(args.cell_json))
-    backend_name = args.backend or backend.configured_backend()
+    backend_name = args.backend or cell.backend or backend.configured_backend()
     backend.prepare_process(backend_name, deterministic=cell.deterministic)
     t0 = time.perf_counter()
     import keras  # noqa: F401  (the backend import is part of the process start cost)

@@ -4,12 +4,16 @@ A matrix file has a ``[profile]`` table (description), a ``[tolerances]`` table
 (``accuracy_points``, ``throughput_relative``: what compare allows; optional
 ``ab_relative``: what ``bench ab`` allows), a ``[defaults]``
 table (any :class:`CellSpec` field) and one or more ``[[cells]]`` groups. A group is
-the product ``datasets × strategies × precisions × seeds``; every other key of the
-group overrides the defaults for those cells only. All validation happens here, and
-every error names the file, the field and the bad value.
+the product ``datasets × strategies × precisions × seeds`` (× ``backends``, optional);
+every other key of the group overrides the defaults for those cells only. All validation
+happens here, and every error names the file, the field and the bad value.
 
-Cell id: ``<dataset>/<strategy>/<precision>/s<seed>``. A pretrained strategy run on
-a random backbone (``weights = "none"``) is labelled ``<strategy>-random`` so the id
+Cell id: ``<dataset>/<strategy>/<precision>/s<seed>``, and ``…/s<seed>/<backend>`` for a
+cell whose group names a backend other than TensorFlow (``backends = ["tensorflow",
+"jax"]`` gives ``synth-few/fine-tune/float32/s0`` and ``synth-few/fine-tune/float32/s0/jax``),
+so ids of the default backend never change. A cell that names no backend runs on the run's
+(``bench all --backend``, else ``$KERAS_BACKEND``, else TensorFlow). A pretrained strategy
+run on a random backbone (``weights = "none"``) is labelled ``<strategy>-random`` so the id
 never hides that the cell differs.
 """
 
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import itertools
 import math
 import os
 import tomllib
@@ -25,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from harness import fsio, paths
+from harness.backends import DEFAULT as DEFAULT_BACKEND
+from harness.backends import names as backend_names
 from harness.errors import InputError
 
 STRATEGIES: tuple[str, ...] = (
@@ -86,10 +93,11 @@ class CellSpec:
     num_classes: int | None = None  # required with input = "synthetic"
     steps_per_epoch: int | None = None  # fixed step count (throughput profile)
     deterministic: bool = True  # op determinism (backend.enable_determinism)
-    jit_compile: bool = False
+    jit_compile: bool | None = None  # None: the backend's default (harness.backend)
     dry_run_steps: int = 2
     dry_run_batch: int = 4  # dry run only: a small batch keeps the full-size check cheap
     skip_if_unsupported: bool = False  # precision the device lacks: "skipped", not "failed"
+    backend: str | None = None  # None: the run's backend (--backend, $KERAS_BACKEND, tensorflow)
 
     @property
     def pretrained(self) -> bool:
@@ -104,7 +112,10 @@ class CellSpec:
 
     @property
     def cell_id(self) -> str:
-        return f"{self.dataset}/{self.strategy_label}/{self.precision}/s{self.seed}"
+        base = f"{self.dataset}/{self.strategy_label}/{self.precision}/s{self.seed}"
+        if self.backend is None or self.backend == DEFAULT_BACKEND:
+            return base
+        return f"{base}/{self.backend}"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -172,7 +183,9 @@ _AXES = {
     "strategies": "strategy",
     "precisions": "precision",
     "seeds": "seed",
+    "backends": "backend",
 }
+_OPTIONAL_AXES: dict[str, list[Any]] = {"backends": [None]}  # absent: the run's backend
 _TYPES: dict[str, tuple[type, ...]] = {
     "int": (int,),
     "float": (int, float),
@@ -180,6 +193,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "str": (str,),
     "float | None": (int, float),
     "int | None": (int,),
+    "bool | None": (bool,),
+    "str | None": (str,),
 }
 
 
@@ -236,7 +251,7 @@ def parse_matrix(data: dict[str, Any], *, path: Path, profile: str) -> Matrix:
         _check_fields(group, where, axes_allowed=True)
         axes = {}
         for key in _AXES:
-            values = group.get(key)
+            values = group.get(key, _OPTIONAL_AXES.get(key))
             if not isinstance(values, list) or not values:
                 raise InputError(f"{where}.{key}: expected a non-empty list, got {values!r}")
             axes[key] = values
@@ -244,9 +259,9 @@ def parse_matrix(data: dict[str, Any], *, path: Path, profile: str) -> Matrix:
         for ds in axes["datasets"]:
             for st in axes["strategies"]:
                 for pr in axes["precisions"]:
-                    for sd in axes["seeds"]:
+                    for sd, be in itertools.product(axes["seeds"], axes["backends"]):
                         values = {**defaults, **overrides}
-                        values.update(dataset=ds, strategy=st, precision=pr, seed=sd)
+                        values.update(dataset=ds, strategy=st, precision=pr, seed=sd, backend=be)
                         cell = _make_cell(values, where)
                         if cell.cell_id in seen:
                             raise InputError(
@@ -354,6 +369,8 @@ def _make_cell(values: dict[str, Any], where: str) -> CellSpec:
         raise bad("strategy", f"expected one of {list(STRATEGIES)}")
     if cell.precision not in PRECISIONS:
         raise bad("precision", f"expected one of {list(PRECISIONS)}")
+    if cell.backend is not None and cell.backend not in backend_names():
+        raise bad("backend", f"expected one of {list(backend_names())}")
     if isinstance(cell.seed, bool) or not isinstance(cell.seed, int) or cell.seed < 0:
         raise bad("seed", "expected an integer >= 0")
     if cell.augmentation not in AUGMENTATIONS:

@@ -97,11 +97,26 @@ def check_backend(name: str | None) -> str | None:
         return None
     if name not in BACKENDS:
         raise InputError(f"--backend {name!r}: expected one of {list(BACKENDS)}")
-    import importlib.util
+    from harness.backend import installed
 
-    if importlib.util.find_spec(name) is None:
+    if not installed(name):
         raise InputError(f"--backend {name!r}: the {name} package is not installed in {sys.prefix}")
     return name
+
+
+def select_backend(cells: tuple[CellSpec, ...], backend: str | None) -> tuple[CellSpec, ...]:
+    """``--backend B``: cells that name no backend run on B, and of the cells of a
+    ``backends`` axis only B's run (an error when that leaves none)."""
+    if backend is None:
+        return cells
+    kept = tuple(c for c in cells if c.backend in (None, backend))
+    if not kept:
+        named = sorted({str(c.backend) for c in cells})
+        raise InputError(
+            f"--backend {backend!r}: none of the {len(cells)} selected cells runs on it "
+            f"(their backends: {', '.join(named)}); drop --backend or pick one of those"
+        )
+    return kept
 
 
 def run_matrix(
@@ -125,7 +140,7 @@ def run_matrix(
     """
     t0 = time.perf_counter()
     backend = check_backend(backend)
-    chosen = cells if cells is not None else matrix.cells
+    chosen = select_backend(cells if cells is not None else matrix.cells, backend)
     runs_dir = Path(runs_dir) if runs_dir else paths.runs_dir()
     if run_id is None and resume:
         latest = latest_run_dir(runs_dir, matrix.profile)
@@ -253,8 +268,9 @@ def _record_skipped(cell: CellSpec, run_dir: Path, reason: str, backend: str | N
     from harness.runner import failed_result
 
     res = failed_result(
-        cell, reason, wall_seconds=0.0, backend_name=backend or "unknown", status="skipped"
-    )
+        cell, reason, wall_seconds=0.0, backend_name=cell.backend or backend or "unknown",
+        status="skipped",
+    )  # fmt: skip
     results.write_cell(run_dir, res)
     return CellOutcome(cell.cell_id, "skipped", reason, None, None)
 
@@ -341,6 +357,7 @@ def _run_one(
         "--run-dir", str(run_dir),
         "--spawned-at", repr(time.time()),
     ]  # fmt: skip
+    backend = cell.backend or backend  # the cell's own (a backends axis), else the run's
     if backend:
         cmd += ["--backend", backend]
     if dry_run:

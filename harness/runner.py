@@ -182,6 +182,8 @@ def run_cell(
     keras.utils.set_random_seed(cell.seed)
     determinism = backend.enable_determinism(cell.deterministic)
     keras.mixed_precision.set_dtype_policy(cell.precision)
+    jit_compile = backend.resolve_jit_compile(cell.jit_compile, backend_name)
+    compile_watch = backend.compile_watch().__enter__()  # closed once training is measured
 
     num_classes = num_classes_of(cell)
     plan = strategies.plan(cell)
@@ -217,7 +219,10 @@ def run_cell(
         on_epoch=(lambda row: on_epoch(_epoch_event(row, epochs_map))) if on_epoch else None
     )
     ttt = timing.TimeToTarget(cell.target_accuracy, epoch_timer)
-    step_timer = timing.StepTimer(warmup)
+    n_fit = len(data.x_train)
+    step_timer = timing.StepTimer(  # the smaller remainder batch is timed apart
+        warmup, partial_step=(n_fit // batch) if n_fit % batch and n_fit > batch else None
+    )
     callbacks: list[Any] = [epoch_timer, ttt, step_timer]
     # After the step timer, before ReduceLROnPlateau (so it logs the rate the epoch used).
     board_callbacks, board_info = tensorboard.callbacks(
@@ -241,10 +246,10 @@ def run_cell(
     if plan.cached_features:
         t0 = time.perf_counter()
         feat = built.feature_model
-        x_train = feat.predict(x_train, batch_size=batch, verbose=0)
-        x_val = feat.predict(x_val, batch_size=batch, verbose=0)
+        x_train = feat.predict(x_train, batch_size=_eval_batch(x_train, batch), verbose=0)
+        x_val = feat.predict(x_val, batch_size=_eval_batch(x_val, batch), verbose=0)
         if x_test is not None:
-            x_test = feat.predict(x_test, batch_size=batch, verbose=0)
+            x_test = feat.predict(x_test, batch_size=_eval_batch(x_test, batch), verbose=0)
         secs = time.perf_counter() - t0
         n_img = (
             len(data.x_train) + len(data.x_val) + (0 if data.x_test is None else len(data.x_test))
@@ -264,13 +269,16 @@ def run_cell(
     fit_model = built.classifier if plan.cached_features else built.model
     for stage in plan.stages:
         strategies.set_stage(built, stage)
-        optimizer = strategies.compile_stage(built, stage, jit_compile=cell.jit_compile)
+        jit_layers = backend.enable_jit(fit_model) if jit_compile else []
+        optimizer = strategies.compile_stage(built, stage, jit_compile=jit_compile)
+        jit_effective = bool(fit_model.jit_compile)  # Keras may turn it off (TF determinism)
         backend.prebuild_for_fit(fit_model, x_train[:batch], y_train[:batch])
         end_epoch = epochs_map[stage.name]
         fit_model.fit(
             x_train, y_train,
             batch_size=batch, epochs=end_epoch, initial_epoch=start_epoch,
             validation_data=(x_val, y_val), shuffle=True, verbose=0, callbacks=callbacks,
+            validation_batch_size=_eval_batch(x_val, batch),
         )  # fmt: skip
         start_epoch = end_epoch
     counts = strategies.layer_counts(built)
@@ -285,7 +293,9 @@ def run_cell(
 
     test_accuracy = None
     if x_test is not None and y_test is not None:
-        ev = fit_model.evaluate(x_test, y_test, batch_size=batch, verbose=0, return_dict=True)
+        ev = fit_model.evaluate(
+            x_test, y_test, batch_size=_eval_batch(x_test, batch), verbose=0, return_dict=True
+        )
         test_accuracy = float(ev["accuracy"])
 
     # Inference: the whole image model (for linear-probe too) at a fixed batch, after training.
@@ -316,6 +326,18 @@ def run_cell(
                 for stage, seg in zip(plan.stages, step_timer.segments, strict=False)
             ]
     peak, peak_kind = backend.peak_memory()
+    compile_watch.__exit__(None, None, None)
+    extra["compile"] = _compile_record(
+        compile_watch, epoch_timer.rows, step_timer, plan, epochs_map
+    )
+    extra["backend"] = {
+        "name": backend_name,
+        "jit_compile": jit_compile,
+        "jit_compile_effective": jit_effective,  # what Keras ran: False if it refused
+        "jit_enabled_layers": jit_layers,
+        "jit_meaning": backend.jit_meaning(jit_compile, backend_name),
+        "runtime": backend.runtime_info(),
+    }
 
     history = tuple(
         EpochRecord(
@@ -335,6 +357,7 @@ def run_cell(
     config = {
         **cell.to_dict(),
         "cell_id": cell.cell_id,
+        "jit_compile": jit_compile,  # resolved: the cell's, else its backend's default
         "dry_run": dry_run,
         "effective": {
             "batch_size": batch,
@@ -400,6 +423,47 @@ def run_cell(
         frozen_layers=counts["frozen_layers"],
         extra=extra,
     )
+
+
+def _eval_batch(x: Any, batch: int) -> int:
+    """The backend's batch size for evaluating ``x`` (one compiled shape on JAX)."""
+    return backend.eval_batch_size(len(x), batch)
+
+
+def _compile_record(
+    watch: Any, rows: list[Any], step_timer: Any, plan: Any, epochs_map: dict[str, int]
+) -> dict[str, Any]:
+    """What compiling cost the cell: per stage, its first epoch minus the median of its later
+    epochs and its first step minus the median step (trace, compile and first-call costs, on
+    every backend alike), and what the backend itself reports (JAX: its compile events)."""
+    stages = []
+    start = 0
+    for i, stage in enumerate(plan.stages):
+        end = epochs_map[stage.name]
+        secs = [r.seconds for r in rows if start <= r.epoch < end]
+        start = end
+        steps = step_timer.segments[i] if i < len(step_timer.segments) else []
+        first = (
+            step_timer.warmup[i][0] if i < len(step_timer.warmup) and step_timer.warmup[i] else None
+        )
+        stages.append(
+            {
+                "stage": stage.name,
+                "first_epoch_overhead_s": (
+                    secs[0] - float(np.median(secs[1:])) if len(secs) >= 2 else None
+                ),
+                "first_step_overhead_s": (
+                    first - float(np.median(steps)) if first is not None and steps else None
+                ),
+            }
+        )
+    known = [s["first_epoch_overhead_s"] for s in stages if s["first_epoch_overhead_s"] is not None]
+    return {
+        "estimate": "first epoch minus the median later epoch, per stage",
+        "overhead_s": sum(known) if known else None,
+        "stages": stages,
+        "observed": watch.summary(),
+    }
 
 
 def _epoch_event(row: Any, epochs_map: dict[str, int]) -> dict[str, Any]:

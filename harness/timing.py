@@ -2,8 +2,13 @@
 
 Each callback is a lifecycle hook (``on_train_batch_begin/end``, ``on_epoch_begin/end``);
 none touches the data. Step times are taken between ``on_train_batch_begin`` and
-``on_train_batch_end``; these callbacks are not ``async_safe``, so Keras hands them
-materialised logs, i.e. a step has finished on the device when its end time is taken.
+``on_train_batch_end``, and the end time only after the device has finished the step:
+:class:`StepTimer` calls the backend's ``sync`` (``jax.block_until_ready`` on the model's
+state, ``torch.cuda.synchronize``, TensorFlow's ``sync_devices`` on a GPU) before reading
+the clock, so asynchronous dispatch cannot make a step look shorter than it was. (These
+callbacks are not ``async_safe`` either, so Keras also hands them materialised logs.)
+A last step of an epoch with a smaller batch (the remainder of the split) is kept apart:
+images/s is ``batch / median step time`` and counts full batches only.
 Validation runs outside those brackets and is not counted in step times; epoch seconds
 include it (the time a user waits for an epoch).
 """
@@ -24,26 +29,47 @@ class StepTimer(keras.callbacks.Callback):
     """Per-step wall times of training; the first ``warmup_steps`` of each fit() excluded.
 
     Each ``fit()`` call (a stage) starts a new segment, since a recompiled model traces and
-    warms up again. ``segments[i]`` holds the measured (post-warm-up) step seconds.
+    warms up again. ``segments[i]`` holds the measured (post-warm-up) full-batch step
+    seconds, ``partial[i]`` the times of remainder steps (``partial_step``: the index of the
+    smaller last batch of an epoch, None when the split divides evenly), ``warmup[i]`` the
+    excluded first steps. ``sync(model)`` waits for the device before a step's end time
+    is read (default: :func:`harness.backend.sync`).
     """
 
-    def __init__(self, warmup_steps: int) -> None:
+    def __init__(
+        self,
+        warmup_steps: int,
+        *,
+        partial_step: int | None = None,
+        sync: Callable[[Any], None] | None = None,
+    ) -> None:
         super().__init__()
         self.warmup_steps = warmup_steps
+        self.partial_step = partial_step
+        if sync is None:
+            from harness import backend
+
+            sync = backend.sync
+        self._sync = sync
         self.segments: list[list[float]] = []
         self.warmup: list[list[float]] = []
+        self.partial: list[list[float]] = []
         self._t0 = 0.0
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self.segments.append([])
         self.warmup.append([])
+        self.partial.append([])
 
     def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         self._t0 = time.perf_counter()
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self._sync(self.model)
         dt = time.perf_counter() - self._t0
-        if len(self.warmup[-1]) < self.warmup_steps:
+        if batch == self.partial_step:
+            self.partial[-1].append(dt)
+        elif len(self.warmup[-1]) < self.warmup_steps:
             self.warmup[-1].append(dt)
         else:
             self.segments[-1].append(dt)

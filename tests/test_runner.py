@@ -207,3 +207,25 @@ def test_list_json_is_the_resolved_matrix(run_bench: Run) -> None:
     assert len(data["cells"]) == 12 and data["tolerances"]["throughput_relative"] == 0.1
     proc = run_bench("list", BENCH_PROFILE="throughput")
     assert "synthetic-224/linear-probe-random/mixed_bfloat16/s0" in proc.stdout
+
+
+def test_backend_axis_ids_and_the_backend_option(tmp_path: Path, run_bench: Run) -> None:
+    """A ``backends`` axis: ids show the non-default backend; ``--backend`` picks its cells,
+    and one that matches none of them is a one-line error (exit 2) before anything runs."""
+    profile = matrix_file(
+        tmp_path,
+        '[[cells]]\ndatasets = ["tiny"]\nstrategies = ["scratch"]\nprecisions = ["float32"]\n'
+        'seeds = [0]\nbackends = ["tensorflow", "jax"]\n' + SYNTHETIC,
+    )
+    listed = run_bench("list", "--profile", str(profile))
+    assert listed.returncode == 0, listed.stderr
+    assert "tiny/scratch/float32/s0 " in listed.stdout
+    assert "tiny/scratch/float32/s0/jax " in listed.stdout
+    only_tf = tmp_path / "tf-only.toml"
+    only_tf.write_text(profile.read_text().replace('["tensorflow", "jax"]', '["tensorflow"]'))
+    proc = run_bench(
+        "all", "--profile", str(only_tf), "--backend", "jax", "--runs-dir", str(tmp_path)
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "--backend 'jax': none of the 1 selected cells runs on it" in proc.stderr
+    assert "Traceback" not in proc.stderr and not list(tmp_path.glob("*/run.json"))
