@@ -46,6 +46,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -397,17 +398,27 @@ def run_cell_process(
         sys.executable, "-m", "harness.cli", "run", cell_id, "--profile", str(profile),
         "--runs-dir", str(runs), "--run-id", run_id,
     ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
-    secs = time.perf_counter() - t0
     log = runs / f"{run_id}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text(proc.stdout + proc.stderr)
+    with open(log, "w") as out:
+        # Its own session: on Ctrl-C or SIGTERM here, the whole process group (the CLI and
+        # its cell process) is ended, not only the CLI.
+        proc = subprocess.Popen(
+            cmd, cwd=tree, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            returncode = proc.wait()
+        except BaseException:
+            _end_group(proc)
+            raise
+    secs = time.perf_counter() - t0
     cell_file = runs / run_id / "cells" / (cell_id.replace("/", "__") + ".json")
     try:
         data = json.loads(cell_file.read_text())
     except (OSError, ValueError):
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return Sample((), f"exit {proc.returncode}, no result: {last[:200]}", secs)
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+        last = lines[-1] if lines else "no output"
+        return Sample((), f"exit {returncode}, no result: {last[:200]} (log {log.name})", secs)
     if data.get("status") != "ok":
         return Sample((), f"cell {data.get('status')}: {str(data.get('error'))[:200]}", secs)
     tp = data.get("train_throughput") or {}
@@ -415,6 +426,18 @@ def run_cell_process(
     if not series:
         return Sample((), "the cell result holds no measured train steps", secs)
     return Sample(series, None, secs)
+
+
+def _end_group(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a ``bench run`` process group: SIGTERM, then SIGKILL after a grace period."""
+    for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 Progress = Callable[[str], None]

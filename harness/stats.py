@@ -18,6 +18,7 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -113,3 +114,30 @@ def mann_whitney(a: Sequence[float], b: Sequence[float]) -> float:
     from scipy.stats import mannwhitneyu
 
     return float(mannwhitneyu(a, b, alternative="two-sided", method="auto").pvalue)
+
+
+def throughput_repeats(step_series: Sequence[Sequence[float]], batch_size: int) -> dict[str, Any]:
+    """A throughput cell run N times (each repeat a fresh process): per-repeat medians and
+    their spread, as the cell result keeps them and the report shows them.
+
+    ``step_series``: each repeat's measured (post-warm-up) step seconds. Each repeat is
+    reduced to its median step time and its images/s (``batch_size / median``); the
+    summary is :class:`RepeatStats` over the per-repeat images/s (median, IQR, CV across
+    repeats). A repeat without steps is refused (ValueError naming it).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    medians = []
+    for i, steps in enumerate(step_series):
+        if not len(steps):
+            raise ValueError(f"repeat {i} has no measured steps")
+        medians.append(statistics.median(float(s) for s in steps))
+    if not medians:
+        raise ValueError("throughput_repeats needs at least one repeat, got none")
+    rates = [batch_size / m for m in medians]
+    return {
+        "repeats": len(medians),
+        "median_step_s": medians,
+        "images_per_s": rates,
+        "summary": RepeatStats.of(rates).to_dict(),
+    }
