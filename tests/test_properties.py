@@ -26,10 +26,10 @@ from typing import Any
 import pytest
 import runkit
 from conftest import REPO
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from harness import baseline, compare, results
+from harness import baseline, compare, report, results
 from harness.errors import InputError
 from harness.manifest import load_manifest
 from harness.matrix import load_matrix, parse_matrix
@@ -160,8 +160,24 @@ def test_matrix_bytes_parse_or_input_error(tmp_path_factory, data: bytes) -> Non
         load_matrix(str(path))
 
 
+SMOKE_DOC = tomllib.loads(SMOKE.decode())
+
+
+def _with(doc: Any, path: tuple[Any, ...], value: Any) -> Any:
+    """A copy of ``doc`` with the value at ``path`` replaced (explicit known faults)."""
+    out = json.loads(json.dumps(doc))
+    node = out
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return out
+
+
 @BOUNDED
-@given(doc=mutated(tomllib.loads(SMOKE.decode()), toml_values))
+@given(doc=mutated(SMOKE_DOC, toml_values))
+@example(doc=_with(SMOKE_DOC, ("tolerances", "accuracy_points"), math.nan))  # gate off
+@example(doc=_with(SMOKE_DOC, ("defaults", "learning_rate"), math.nan))
+@example(doc=_with(SMOKE_DOC, ("defaults", "alpha"), 10**400))
 def test_matrix_values_parse_or_input_error(doc: Any) -> None:
     try:
         matrix = parse_matrix(doc, path=Path("fuzz.toml"), profile="fuzz")
@@ -176,11 +192,15 @@ def test_matrix_values_parse_or_input_error(doc: Any) -> None:
 
 # --- cell results ----------------------------------------------------------------------
 
-CELL_DOC = {
-    **results.to_dict(runkit.cell("synth-few", "fine-tune")),
-    "kind": results.CELL_KIND,
-    "schema": results.CELL_SCHEMA,
-}
+CELL_DOC = json.loads(  # as on disk: lists, not tuples
+    json.dumps(
+        {
+            **results.to_dict(runkit.cell("synth-few", "fine-tune")),
+            "kind": results.CELL_KIND,
+            "schema": results.CELL_SCHEMA,
+        }
+    )
+)
 
 
 @BOUNDED
@@ -193,13 +213,28 @@ def test_cell_bytes_parse_or_input_error(tmp_path_factory, data: bytes) -> None:
 
 @BOUNDED
 @given(doc=mutated(CELL_DOC, json_values))
+@example(doc=_with(CELL_DOC, ("best_val_accuracy",), "0.9"))
+@example(doc=_with(CELL_DOC, ("best_val_accuracy",), math.nan))
+@example(doc=_with(CELL_DOC, ("test_accuracy",), 5.0))
+@example(doc=_with(CELL_DOC, ("train_throughput", "images_per_s"), -1))
+@example(doc=_with(CELL_DOC, ("history", 0, "loss"), "high"))
 def test_cell_values_parse_or_input_error(tmp_path_factory, doc: Any) -> None:
     path = _write(tmp_path_factory.mktemp("c"), "cell.json", _dump(doc))
     try:
         cell = results.read_cell(path)
     except InputError:
         return
-    json.dumps(results.to_dict(cell), allow_nan=False)  # what parses can be written back
+    # What parses is usable: written back, compared with the original cell, tabled.
+    json.dumps(results.to_dict(cell), allow_nan=False)
+    original = results.cell_from_dict(CELL_DOC)
+    info = results.RunInfo(
+        run_id="r", profile="smoke", matrix={}, environment=runkit.environment(),
+        manifest_digest="", git_commit=None, started_at="", cell_ids=(cell.cell_id,),
+    )  # fmt: skip
+    base = baseline.from_run(info, [original])
+    json.loads(compare.render_json(compare.compare_cells(info, [cell], base)))
+    report.matrix_rows([cell, original])
+    report.pivot_rows([cell, original])
 
 
 # --- baselines -------------------------------------------------------------------------
