@@ -38,6 +38,7 @@ class PretrainConfig:
     epochs: int = 40
     batch_size: int = 64
     learning_rate: float = 1e-3
+    bn_momentum: float = 0.9  # BatchNorm moving statistics (Keras' MobileNetV2: 0.999)
     seed: int = 0
     limit: int | None = None  # use the first N images of each split only (quick checks, tests)
     run_eagerly: bool = False  # no graph tracing: slower steps, far quicker tiny runs
@@ -51,6 +52,8 @@ class PretrainConfig:
             raise InputError(f"pretrain: --limit must be >= 1, got {self.limit!r}")
         if not self.learning_rate > 0:
             raise InputError(f"pretrain: learning_rate must be > 0, got {self.learning_rate!r}")
+        if not 0 <= self.bn_momentum < 1:
+            raise InputError(f"pretrain: bn_momentum must be in [0, 1), got {self.bn_momentum!r}")
 
 
 @dataclass(frozen=True)
@@ -83,10 +86,18 @@ def build_backbone(image_size: int, alpha: float) -> Any:
 
 
 def build_model(config: PretrainConfig, num_classes: int) -> tuple[Any, Any]:
-    """(classifier, backbone): augmentation + preprocess_input + backbone + GAP + softmax."""
+    """(classifier, backbone): augmentation + preprocess_input + backbone + GAP + softmax.
+
+    Every BatchNorm gets ``config.bn_momentum``: with Keras' 0.999 the moving statistics lag
+    the training so far that a 20-epoch run scored chance (2.5 %) in inference mode while
+    it fitted 20 % of the training set, and the saved backbone was useless frozen.
+    """
     import keras
 
+    from harness.strategies import set_bn_momentum
+
     backbone = build_backbone(config.image_size, config.alpha)
+    set_bn_momentum(backbone, config.bn_momentum)
     inputs = keras.Input((config.image_size, config.image_size, 3), name="image")
     x = keras.layers.RandomFlip("horizontal", seed=config.seed)(inputs)
     x = keras.layers.RandomTranslation(0.08, 0.08, fill_mode="reflect", seed=config.seed)(x)

@@ -10,6 +10,7 @@ import pytest
 
 from harness import cli, jsonio
 from harness.datasets import synthetic
+from harness.errors import InputError
 from harness.manifest import load_manifest
 from harness.pretrain import SIDECAR_KIND, SIDECAR_SCHEMA, sidecar_path
 
@@ -65,6 +66,8 @@ def test_pretrain_tiny_run_end_to_end(bench_env, capsys):
             "--limit",
             "128",
             "--eager",
+            "--bn-momentum",
+            "0.8",
             "--quiet",
             "--out",
             str(out),
@@ -81,6 +84,7 @@ def test_pretrain_tiny_run_end_to_end(bench_env, capsys):
     assert side["weights"]["sha256"] == digest
     assert side["config"]["epochs"] == 1 and side["train_images"] == 128
     assert side["config"]["run_eagerly"] is True
+    assert side["config"]["bn_momentum"] == 0.8
     assert (
         side["dataset"]["name"] == "synth-source" and len(side["dataset"]["prepared_digest"]) == 64
     )
@@ -129,3 +133,15 @@ def test_shipped_weights_match_manifest_and_load():
     assert side["weights"]["sha256"] == entry.sha256
     source = manifest.dataset(entry.pretrained_on)
     assert side["dataset"]["prepared_digest"] == source.pinned_digest(32)
+
+
+def test_pretrain_model_gives_every_batchnorm_the_configured_momentum():
+    import keras
+
+    from harness.pretrain import PretrainConfig, build_model
+
+    _, backbone = build_model(PretrainConfig(bn_momentum=0.9), num_classes=4)
+    bns = [layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(bns) == 52 and {layer.momentum for layer in bns} == {0.9}
+    with pytest.raises(InputError, match=r"bn_momentum must be in \[0, 1\), got 1\.0"):
+        PretrainConfig(bn_momentum=1.0)

@@ -25,6 +25,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("name", metavar="NAME", help="weights entry in data/manifest.json")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: 40)")
     p.add_argument("--batch-size", type=int, default=None, help="batch size (default: 64)")
+    p.add_argument(
+        "--learning-rate", type=float, default=None, help="peak of the cosine decay (default: 1e-3)"
+    )
+    p.add_argument(
+        "--bn-momentum",
+        type=float,
+        default=None,
+        help="BatchNorm moving-statistics momentum (default: 0.9)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument(
         "--limit", type=int, default=None, help="use the first N images of each split only"
@@ -58,9 +67,13 @@ def run(args: argparse.Namespace) -> int:
                 f"{type(entry.source).__name__}): pass --out PATH"
             )
         out = weights_path(entry)
-    overrides = {
-        k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size)) if v is not None
-    }
+    given = (
+        ("epochs", args.epochs),
+        ("batch_size", args.batch_size),
+        ("learning_rate", args.learning_rate),
+        ("bn_momentum", args.bn_momentum),
+    )
+    overrides = {k: v for k, v in given if v is not None}
     config = PretrainConfig(
         dataset=entry.pretrained_on,
         image_size=int(arch["input_size"]),
