@@ -27,6 +27,7 @@ import importlib.util
 import json
 import os
 import resource
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -96,6 +97,25 @@ def resolve_jit_compile(value: bool | None, backend_name: str | None = None) -> 
 def jit_meaning(value: bool, backend_name: str | None = None) -> str:
     """What ``jit_compile=value`` runs on the backend, in words (for the result)."""
     return str(module(backend_name).JIT_MEANING[bool(value)])
+
+
+def set_random_seed(seed: int) -> None:
+    """``keras.utils.set_random_seed(seed)`` without loading TensorFlow into a cell of another
+    backend: Keras also seeds TensorFlow whenever it is installed, which imports all of it
+    (seconds of start-up and hundreds of MB of the cell's peak RSS, in a JAX or torch cell
+    that never uses it). For such a cell TensorFlow is hidden from that one call."""
+    import keras
+
+    if name() == "tensorflow" or sys.modules.get("tensorflow") is not None:
+        keras.utils.set_random_seed(seed)
+        return
+    had = "tensorflow" in sys.modules
+    sys.modules["tensorflow"] = None  # type: ignore[assignment]  # import fails: "not installed"
+    try:
+        keras.utils.set_random_seed(seed)
+    finally:
+        if not had:
+            del sys.modules["tensorflow"]
 
 
 def enable_jit(model: Any) -> list[str]:

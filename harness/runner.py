@@ -1,19 +1,23 @@
 """Run one cell in this process and return its :class:`~harness.results.CellResult`.
 
 Call it from a fresh process (``python -m harness.cellproc``): the seed, the precision
-policy and the backend's graph caches are process-global. The order matters and is:
+policy and the backend's graph caches are process-global. :func:`run_cell` runs five
+phases, each a function with one job, in this order:
 
-1. the precision check — a precision the device cannot run is an error
-   (:class:`PrecisionUnsupported`), never a silent fallback (a dry run records it and
-   runs the graph anyway, to check it);
-2. ``keras.utils.set_random_seed(seed)`` and op determinism (on by default);
-3. ``keras.mixed_precision.set_dtype_policy(precision)`` (the output layer stays float32);
-4. data: the prepared uint8 cache loaded fully into memory (or synthetic stand-ins of the
-   same shape for ``input = "synthetic"`` and dry runs); preprocessing and augmentation are
-   layers inside the model, so the input side never limits the measured throughput;
-5. the model (:mod:`harness.strategies`), then one ``fit`` per stage with the timing
-   callbacks (:mod:`harness.timing`), ReduceLROnPlateau where the cell asks;
-6. test accuracy, inference throughput at a fixed batch, peak memory, weights digest.
+1. :func:`setup` — the precision check (a precision the device cannot run is an error,
+   :class:`PrecisionUnsupported`, never a silent fallback; a dry run records it and runs
+   the graph anyway, to check it), ``keras.utils.set_random_seed(seed)``, op determinism
+   (on by default), ``keras.mixed_precision.set_dtype_policy(precision)`` (the output
+   layer stays float32);
+2. :func:`open_inputs` — the prepared uint8 cache the pre-flight made (or synthetic
+   stand-ins of the same shape for ``input = "synthetic"`` and dry runs) and the weights
+   file; it never prepares. Preprocessing and augmentation are layers inside the model,
+   so the input side never limits the measured throughput;
+3. :func:`build` — the model (:mod:`harness.strategies`);
+4. :func:`fit` — one ``fit`` per stage with the timing callbacks (:mod:`harness.timing`),
+   TensorBoard's (:mod:`harness.tensorboard`), ReduceLROnPlateau where the cell asks;
+5. :func:`measure` — test accuracy, inference throughput at a fixed batch, peak memory,
+   weights digest; then :func:`record` makes the :class:`~harness.results.CellResult`.
 """
 
 from __future__ import annotations
@@ -153,6 +157,66 @@ def _cycle_batch(x: np.ndarray, n: int) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([x] * reps)[:n])
 
 
+@dataclass(frozen=True)
+class Setup:
+    """Phase 1, the process: the precision check, seeds, determinism, dtype policy, jit."""
+
+    backend_name: str
+    devices: list[Any]
+    notes: list[str]
+    determinism: str
+    jit_compile: bool
+    compile_watch: Any  # open until :func:`measure` closes it
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Phase 2, inputs: the cell's arrays and weights file, and how it will be fed and timed.
+
+    Opens what the pre-flight prepared (or builds stand-ins); never prepares."""
+
+    data: CellData
+    batch: int
+    epochs_map: dict[str, int]  # stage name -> the epoch it ends at
+    warmup: int
+    inference_batch: int
+    inference_steps: int
+    inference_warmup: int
+    weights_file: Path | None
+    weights_note: str
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """Phase 4, fit: the timers that watched training and what fitting decided."""
+
+    epoch_timer: Any
+    time_to_target: Any
+    step_timer: Any
+    optimizer: Any
+    fit_model: Any
+    x_test: Any  # the test split as fitted (features for linear-probe), or None
+    y_test: Any
+    input_kind: str  # "real", "synthetic" or "cached-features"
+    epochs: int  # the last epoch reached
+    jit_layers: list[str]
+    jit_effective: bool
+    extra: dict[str, Any]  # tensorboard, feature_cache
+
+
+@dataclass(frozen=True)
+class Measured:
+    """Phase 5, measure: what the cell is judged by, beyond its learning curve."""
+
+    test_accuracy: float | None
+    inference: Throughput
+    train: Throughput | None
+    peak_memory: tuple[int, str]
+    weights_digest: str
+    layer_counts: dict[str, int]
+    extra: dict[str, Any]  # train_throughput_stages, compile
+
+
 def run_cell(
     cell: CellSpec,
     *,
@@ -163,12 +227,34 @@ def run_cell(
 ) -> CellResult:
     """Run ``cell`` in this process. Raises on failure (the caller records it).
 
+    The phases, each with one job: :func:`setup` (the process's global state),
+    :func:`open_inputs` (what the pre-flight prepared), :func:`build` (the model),
+    :func:`fit` (training with the timing callbacks), :func:`measure` (test accuracy,
+    inference, peak memory, weights digest) and :func:`record` (the CellResult).
+
     ``run_dir``: the run folder, under which the cell's TensorBoard events are written
     (:mod:`harness.tensorboard`); None writes none."""
     t_start = time.perf_counter()
-    import keras
+    from harness import strategies
 
-    from harness import strategies, tensorboard, timing
+    env = setup(cell, dry_run=dry_run)
+    num_classes = num_classes_of(cell)
+    plan = strategies.plan(cell)
+    inputs = open_inputs(cell, plan, num_classes, dry_run=dry_run, allow_unpinned=allow_unpinned)
+    built = build(cell, inputs)
+    fitted = fit(cell, plan, built, inputs, env, on_epoch=on_epoch, run_dir=run_dir)
+    measured = measure(cell, plan, built, inputs, fitted, env)
+    return record(
+        cell, env, inputs, built, fitted, measured,
+        dry_run=dry_run, wall_seconds=time.perf_counter() - t_start,
+    )  # fmt: skip
+
+
+def setup(cell: CellSpec, *, dry_run: bool) -> Setup:
+    """The precision check, then seeds, op determinism, dtype policy; opens the compile
+    watch. A precision the device cannot run raises :class:`PrecisionUnsupported` (a dry
+    run notes it and goes on, to check the graph)."""
+    import keras
 
     backend_name = backend.name()
     notes: list[str] = []
@@ -184,9 +270,14 @@ def run_cell(
     keras.mixed_precision.set_dtype_policy(cell.precision)
     jit_compile = backend.resolve_jit_compile(cell.jit_compile, backend_name)
     compile_watch = backend.compile_watch().__enter__()  # closed once training is measured
+    return Setup(backend_name, devs, notes, determinism, jit_compile, compile_watch)
 
-    num_classes = num_classes_of(cell)
-    plan = strategies.plan(cell)
+
+def open_inputs(
+    cell: CellSpec, plan: Any, num_classes: int, *, dry_run: bool, allow_unpinned: bool
+) -> Inputs:
+    """The cell's data (the prepared cache, or stand-ins for synthetic input and dry runs),
+    its batch and epoch plan, and its backbone weights file. Never prepares anything."""
     if dry_run:
         batch = min(cell.dry_run_batch, cell.batch_size)
         steps = cell.dry_run_steps
@@ -211,17 +302,50 @@ def run_cell(
     weights_file, weights_note = resolve_backbone_weights(
         cell, dry_run=dry_run, allow_unpinned=allow_unpinned
     )
+    return Inputs(
+        data, batch, epochs_map, warmup, inf_batch, inf_steps, inf_warm, weights_file,
+        weights_note,
+    )  # fmt: skip
 
-    built = strategies.build(cell, data.num_classes, weights_file, weights_note)
+
+def build(cell: CellSpec, inputs: Inputs) -> Any:
+    """The cell's model (:func:`harness.strategies.build`); the device's peak memory window
+    starts after it."""
+    from harness import strategies
+
+    built = strategies.build(
+        cell, inputs.data.num_classes, inputs.weights_file, inputs.weights_note
+    )
     backend.reset_peak_memory()
+    return built
 
+
+def fit(
+    cell: CellSpec,
+    plan: Any,
+    built: Any,
+    inputs: Inputs,
+    env: Setup,
+    *,
+    on_epoch: EpochHook | None,
+    run_dir: Path | None,
+) -> Fitted:
+    """One ``fit`` per stage with the timing and TensorBoard callbacks (and
+    ReduceLROnPlateau where the cell asks); linear-probe first computes its features once.
+    A loss that is not finite raises (the cell diverged)."""
+    import keras
+
+    from harness import strategies, tensorboard, timing
+
+    data, batch, epochs_map = inputs.data, inputs.batch, inputs.epochs_map
     epoch_timer = timing.EpochTimer(
         on_epoch=(lambda row: on_epoch(_epoch_event(row, epochs_map))) if on_epoch else None
     )
     ttt = timing.TimeToTarget(cell.target_accuracy, epoch_timer)
     n_fit = len(data.x_train)
     step_timer = timing.StepTimer(  # the smaller remainder batch is timed apart
-        warmup, partial_step=(n_fit // batch) if n_fit % batch and n_fit > batch else None
+        inputs.warmup,
+        partial_step=(n_fit // batch) if n_fit % batch and n_fit > batch else None,
     )
     callbacks: list[Any] = [epoch_timer, ttt, step_timer]
     # After the step timer, before ReduceLROnPlateau (so it logs the rate the epoch used).
@@ -266,11 +390,13 @@ def run_cell(
 
     optimizer = None
     start_epoch = 0
+    jit_layers: list[str] = []
+    jit_effective = False
     fit_model = built.classifier if plan.cached_features else built.model
     for stage in plan.stages:
         strategies.set_stage(built, stage)
-        jit_layers = backend.enable_jit(fit_model) if jit_compile else []
-        optimizer = strategies.compile_stage(built, stage, jit_compile=jit_compile)
+        jit_layers = backend.enable_jit(fit_model) if env.jit_compile else []
+        optimizer = strategies.compile_stage(built, stage, jit_compile=env.jit_compile)
         jit_effective = bool(fit_model.jit_compile)  # Keras may turn it off (TF determinism)
         backend.prebuild_for_fit(fit_model, x_train[:batch], y_train[:batch])
         end_epoch = epochs_map[stage.name]
@@ -281,7 +407,6 @@ def run_cell(
             validation_batch_size=_eval_batch(x_val, batch),
         )  # fmt: skip
         start_epoch = end_epoch
-    counts = strategies.layer_counts(built)
     for row in epoch_timer.rows:
         bad = [k for k in ("loss", "val_loss") if k in row.logs and not np.isfinite(row.logs[k])]
         if bad:
@@ -290,31 +415,50 @@ def run_cell(
                 f"{row.epoch + 1}",
                 exit_code=1,
             )
+    return Fitted(
+        epoch_timer, ttt, step_timer, optimizer, fit_model, x_test, y_test, input_kind,
+        start_epoch, jit_layers, jit_effective, extra,
+    )  # fmt: skip
 
+
+def measure(
+    cell: CellSpec, plan: Any, built: Any, inputs: Inputs, fitted: Fitted, env: Setup
+) -> Measured:
+    """After training: test accuracy, inference throughput of the whole image model at a
+    fixed batch (for linear-probe too), train throughput, peak memory, compile costs,
+    weights digest. Closes the compile watch."""
+    from harness import strategies, timing
+
+    data, batch = inputs.data, inputs.batch
+    counts = strategies.layer_counts(built)
+    extra: dict[str, Any] = {}
     test_accuracy = None
-    if x_test is not None and y_test is not None:
-        ev = fit_model.evaluate(
-            x_test, y_test, batch_size=_eval_batch(x_test, batch), verbose=0, return_dict=True
-        )
+    if fitted.x_test is not None and fitted.y_test is not None:
+        ev = fitted.fit_model.evaluate(
+            fitted.x_test, fitted.y_test, batch_size=_eval_batch(fitted.x_test, batch),
+            verbose=0, return_dict=True,
+        )  # fmt: skip
         test_accuracy = float(ev["accuracy"])
 
-    # Inference: the whole image model (for linear-probe too) at a fixed batch, after training.
     source = data.x_test if data.x_test is not None else data.x_val
-    inf_x = _cycle_batch(source, inf_batch)
+    inf_x = _cycle_batch(source, inputs.inference_batch)
     model = built.model
     inf_warmup, inf_times = timing.time_calls(
-        lambda: model.predict_on_batch(inf_x), warmup=inf_warm, steps=inf_steps
+        lambda: model.predict_on_batch(inf_x),
+        warmup=inputs.inference_warmup,
+        steps=inputs.inference_steps,
     )
     inference = Throughput.from_steps(
-        "inference", inf_times, batch_size=inf_batch, precision=cell.precision,
+        "inference", inf_times, batch_size=inputs.inference_batch, precision=cell.precision,
         input_kind=data.input_kind, warmup_steps=len(inf_warmup),
     )  # fmt: skip
 
+    step_timer = fitted.step_timer
     train_tp = None
     if step_timer.segments:
         last = len(step_timer.segments) - 1
         train_tp = step_timer.throughput(
-            last, batch_size=batch, precision=cell.precision, input_kind=input_kind
+            last, batch_size=batch, precision=cell.precision, input_kind=fitted.input_kind
         )
         if len(step_timer.segments) > 1:
             extra["train_throughput_stages"] = [
@@ -325,20 +469,41 @@ def run_cell(
                 }
                 for stage, seg in zip(plan.stages, step_timer.segments, strict=False)
             ]
-    peak, peak_kind = backend.peak_memory()
-    compile_watch.__exit__(None, None, None)
+    peak = backend.peak_memory()
+    env.compile_watch.__exit__(None, None, None)
     extra["compile"] = _compile_record(
-        compile_watch, epoch_timer.rows, step_timer, plan, epochs_map
+        env.compile_watch, fitted.epoch_timer.rows, step_timer, plan, inputs.epochs_map
     )
+    return Measured(
+        test_accuracy, inference, train_tp, peak, weights_digest(built.model), counts, extra
+    )
+
+
+def record(
+    cell: CellSpec,
+    env: Setup,
+    inputs: Inputs,
+    built: Any,
+    fitted: Fitted,
+    measured: Measured,
+    *,
+    dry_run: bool,
+    wall_seconds: float,
+) -> CellResult:
+    """The :class:`CellResult` of a finished cell: its resolved config, learning curve and
+    measurements (pure: reads what the earlier phases returned)."""
+    from harness import strategies
+
+    data = inputs.data
+    extra: dict[str, Any] = {**fitted.extra, **measured.extra}
     extra["backend"] = {
-        "name": backend_name,
-        "jit_compile": jit_compile,
-        "jit_compile_effective": jit_effective,  # what Keras ran: False if it refused
-        "jit_enabled_layers": jit_layers,
-        "jit_meaning": backend.jit_meaning(jit_compile, backend_name),
+        "name": env.backend_name,
+        "jit_compile": env.jit_compile,
+        "jit_compile_effective": fitted.jit_effective,  # what Keras ran: False if it refused
+        "jit_enabled_layers": fitted.jit_layers,
+        "jit_meaning": backend.jit_meaning(env.jit_compile, env.backend_name),
         "runtime": backend.runtime_info(),
     }
-
     history = tuple(
         EpochRecord(
             epoch=r.epoch,
@@ -349,26 +514,27 @@ def run_cell(
             learning_rate=r.learning_rate,
             seconds=r.seconds,
         )
-        for r in epoch_timer.rows
+        for r in fitted.epoch_timer.rows
     )
     val_accs = [h.val_accuracy for h in history if h.val_accuracy is not None]
     train_accs = [h.accuracy for h in history]
+    optimizer = fitted.optimizer
     inner = getattr(optimizer, "inner_optimizer", optimizer)
     config = {
         **cell.to_dict(),
         "cell_id": cell.cell_id,
-        "jit_compile": jit_compile,  # resolved: the cell's, else its backend's default
+        "jit_compile": env.jit_compile,  # resolved: the cell's, else its backend's default
         "dry_run": dry_run,
         "effective": {
-            "batch_size": batch,
-            "epochs": start_epoch,
+            "batch_size": inputs.batch,
+            "epochs": fitted.epochs,
             "num_classes": data.num_classes,
             "train_examples": len(data.x_train),
             "val_examples": len(data.x_val),
             "test_examples": None if data.x_test is None else len(data.x_test),
-            "warmup_steps": warmup,
-            "inference_batch": inf_batch,
-            "inference_steps": inf_steps,
+            "warmup_steps": inputs.warmup,
+            "inference_batch": inputs.inference_batch,
+            "inference_steps": inputs.inference_steps,
         },
         "optimizer": {
             "name": "adam",
@@ -379,29 +545,32 @@ def run_cell(
         "loss": "sparse_categorical_crossentropy",
         "preprocess": "Rescaling(1/127.5, offset=-1) == mobilenet_v2.preprocess_input",
         "strategy_plan": strategies.describe(built),
-        "determinism": determinism,
-        "devices": [d.__dict__ for d in devs],
+        "determinism": env.determinism,
+        "devices": [d.__dict__ for d in env.devices],
         "input": data.input_kind,
         "data_note": data.note,
         "data_digests": data.digests,
     }
-    config["weights_loaded"] = weights_file is not None  # False: random init (see weights_note)
-    if weights_file is not None:
-        config["weights_file"] = str(weights_file)
-    extra["layer_counts"] = counts
-    if notes:
-        extra["notes"] = notes
+    # False: random init (see weights_note)
+    config["weights_loaded"] = inputs.weights_file is not None
+    if inputs.weights_file is not None:
+        config["weights_file"] = str(inputs.weights_file)
+    extra["layer_counts"] = measured.layer_counts
+    if env.notes:
+        extra["notes"] = list(env.notes)
     if cell.weights == NO_WEIGHTS and cell.strategy != "scratch":
         extra.setdefault("notes", []).append(
             "random backbone (weights = 'none'): a control, not the strategy as designed"
         )
+    peak, peak_kind = measured.peak_memory
+    ttt = fitted.time_to_target
     return CellResult(
         cell_id=cell.cell_id,
         dataset=cell.dataset,
         strategy=cell.strategy_label,
         precision=cell.precision,
         seed=cell.seed,
-        backend=backend_name,
+        backend=env.backend_name,
         status="ok",
         config=config,
         deterministic=cell.deterministic,
@@ -409,18 +578,18 @@ def run_cell(
         best_train_accuracy=max(train_accs) if train_accs else None,
         best_val_accuracy=max(val_accs) if val_accs else None,
         final_val_accuracy=val_accs[-1] if val_accs else None,
-        test_accuracy=test_accuracy,
+        test_accuracy=measured.test_accuracy,
         target_accuracy=cell.target_accuracy,
         time_to_target_s=ttt.seconds,
         epochs_to_target=ttt.epochs,
-        train_throughput=train_tp,
-        inference_throughput=inference,
+        train_throughput=measured.train,
+        inference_throughput=measured.inference,
         peak_memory_bytes=peak,
         peak_memory_kind=peak_kind,
-        wall_seconds=time.perf_counter() - t_start,
-        weights_digest=weights_digest(built.model),
-        trainable_layers=counts["trainable_layers"],
-        frozen_layers=counts["frozen_layers"],
+        wall_seconds=wall_seconds,
+        weights_digest=measured.weights_digest,
+        trainable_layers=measured.layer_counts["trainable_layers"],
+        frozen_layers=measured.layer_counts["frozen_layers"],
         extra=extra,
     )
 

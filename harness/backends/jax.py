@@ -118,12 +118,21 @@ def sync(model: Any) -> None:
     """Block until the model's current state (weights, optimizer, metrics) is computed.
 
     Inside ``fit`` the live state is ``model._jax_state`` (Keras reattaches it to the
-    variables only at epoch ends); outside, the variables hold it.
+    variables only at epoch ends); outside, the variables hold it. A jitted step is one
+    XLA executable, whose outputs all become ready when it finishes, so one of them is
+    enough (waiting on each of hundreds costs milliseconds a step); eagerly, every op is
+    its own computation, so all of them are waited for.
     """
     import jax
     import keras
 
     state = getattr(model, "_jax_state", None)
+    if state and getattr(model, "jit_compile", False):
+        for group in ("trainable_variables", "optimizer_variables", "metrics_variables"):
+            arrays = state.get(group) or []
+            if arrays and isinstance(arrays[0], jax.Array):
+                arrays[0].block_until_ready()
+                return
     leaves = keras.tree.flatten(state) if state else [v.value for v in model.variables]
     jax.block_until_ready([a for a in leaves if isinstance(a, jax.Array)])
 

@@ -6,6 +6,7 @@ True compiles it with XLA.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import runpy
@@ -59,11 +60,18 @@ def peak_memory() -> tuple[int, str] | None:
     return None
 
 
-def sync(model: Any) -> None:
-    """Wait for every device to finish (a no-op on a CPU, where ops run synchronously)."""
+@functools.cache
+def _has_gpu() -> bool:
     import tensorflow as tf
 
-    if tf.config.list_logical_devices("GPU"):
+    return bool(tf.config.list_logical_devices("GPU"))
+
+
+def sync(model: Any) -> None:
+    """Wait for every device to finish (nothing to wait for on a CPU: ops run synchronously)."""
+    if _has_gpu():
+        import tensorflow as tf
+
         tf.test.experimental.sync_devices()
 
 
