@@ -27,6 +27,7 @@ InputError (exit 2).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import defaultdict
 from collections.abc import Iterable
@@ -37,7 +38,7 @@ from typing import Any
 from tabulate import tabulate
 
 from harness import baseline as baseline_mod
-from harness import env, jsonio, results
+from harness import crossbackend, env, jsonio, results
 from harness.baseline import Baseline
 from harness.errors import EXIT_FAILURE, EXIT_OK, InputError
 from harness.results import CellResult, RunInfo, Throughput
@@ -155,6 +156,9 @@ class Comparison:
     # What differs in what decides reproducibility (lock, packages, numpy SIMD/BLAS, CPU
     # numerics flags, threads, dirty checkout), in words: env.reproducibility_differences.
     reproducibility_differences: tuple[str, ...] = field(default=())
+    # Backends side by side (harness.crossbackend): against a run folder as the baseline,
+    # or between the backends of a run that has several.
+    backends: tuple[crossbackend.Pair, ...] = field(default=())
 
     def count(self, verdict: str) -> int:
         return sum(1 for c in self.cells if c.verdict == verdict)
@@ -408,15 +412,34 @@ def compare_cells(
         reproducibility_differences=tuple(
             env.reproducibility_differences(base.environment, info.environment)
         ),
+        backends=_side_by_side(info, cells, base),
     )
+
+
+def _side_by_side(
+    info: RunInfo, cells: list[CellResult], base: Baseline
+) -> tuple[crossbackend.Pair, ...]:
+    """Against a run folder, or a baseline of other backends: every cell beside its
+    counterpart there; else the backends of this run beside each other (none with one)."""
+    other_run = base.path is not None and Path(base.path).is_dir()
+    if other_run or crossbackend.backends_of(cells) != crossbackend.backends_of(base.cells):
+        return crossbackend.between_runs(
+            cells, list(base.cells), run_id=info.run_id, base_run_id=base.run_id
+        )
+    return crossbackend.within_run(cells)
 
 
 def find_baseline(profile: str, explicit: Path | None = None) -> Baseline | None:
     """The baseline to compare a run of ``profile`` with.
 
-    ``explicit`` (``--baseline FILE``) must exist and be usable; without it, the profile's
-    stored baseline is used when there is one, and None means there is none.
+    ``explicit`` (``--baseline FILE``) must exist and be usable; it may also be a run folder
+    (``--baseline OTHER_RUN``: that run's results, of any profile, as the baseline). Without
+    it, the profile's stored baseline is used when there is one; None means there is none.
     """
+    if explicit is not None and (Path(explicit) / "run.json").is_file():
+        other = Path(explicit)
+        base = baseline_mod.from_run(results.read_run(other), results.read_cells(other))
+        return dataclasses.replace(base, path=other)
     path = Path(explicit) if explicit else baseline_mod.default_path(profile)
     if explicit is None and not path.is_file():
         return None
@@ -490,6 +513,9 @@ def render_table(comparison: Comparison, tablefmt: str = "simple") -> str:
             "differs from the baseline's environment (results may differ in the last bits):"
         )
         lines += [f"  {line}" for line in comparison.reproducibility_differences]
+    if comparison.backends:
+        tol = comparison.tolerances["accuracy_points"]
+        lines += ["", "Side by side:", crossbackend.render(comparison.backends, tol, tablefmt), ""]
     return "\n".join([*lines, comparison.summary()])
 
 

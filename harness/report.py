@@ -14,8 +14,8 @@ from typing import Any
 
 from tabulate import tabulate
 
+from harness import crossbackend, plots, results
 from harness import findings as findings_mod
-from harness import plots, results
 from harness.compare import (
     DEFAULT_TOLERANCES,
     TABLE_HEADERS,
@@ -84,6 +84,7 @@ def matrix_rows(cells: list[CellResult]) -> list[list[Any]]:
                 findings_mod.EXPERIMENT_NAMES.get(c.strategy, ""),
                 c.precision,
                 c.seed,
+                c.backend,
                 _pct(c.best_train_accuracy),
                 _pct(c.best_val_accuracy),
                 _pct(c.test_accuracy),
@@ -106,6 +107,7 @@ MATRIX_HEADERS = (
     "experiment's name",
     "precision",
     "seed",
+    "backend",
     "best train acc %",
     "best val acc %",
     "test acc %",
@@ -124,8 +126,9 @@ def pivot_rows(cells: list[CellResult]) -> tuple[list[str], list[list[str]]]:
     """The experiment's summary table: dataset rows × strategy columns, "train / val %"."""
     strategies = sorted({c.strategy for c in cells}, key=plots.strategy_key)
     table: dict[str, dict[str, list[CellResult]]] = defaultdict(lambda: defaultdict(list))
+    several = len({c.backend for c in cells}) > 1  # then one row per dataset and backend
     for c in cells:
-        table[c.dataset][c.strategy].append(c)
+        table[f"{c.dataset} ({c.backend})" if several else c.dataset][c.strategy].append(c)
     rows = []
     for dataset in sorted(table):
         row = [dataset]
@@ -259,6 +262,43 @@ def _baseline_section(comparison: Comparison | None, profile: str, plot: str | N
     return out
 
 
+def _backends_section(
+    cells: list[CellResult], comparison: Comparison | None, info: RunInfo
+) -> list[str]:
+    """Backends side by side (harness.crossbackend): this run's backends, or this run
+    beside the run or baseline it was compared with; nothing when there is no pair."""
+    pairs = comparison.backends if comparison is not None else ()
+    pairs = pairs or crossbackend.within_run(cells)
+    if not pairs:
+        return []
+    tol = float(info.tolerances.get("accuracy_points", DEFAULT_TOLERANCES["accuracy_points"]))
+    rows = [[_cell(x) for x in r] for r in crossbackend.pair_rows(pairs)]
+    return [
+        "## Backends side by side",
+        "",
+        "The same cell on two backends (or in two runs): accuracy difference in points and "
+        "throughput ratio other / reference (median images/s, steady state). Per strategy "
+        "(mean difference, geometric mean of the ratios over its datasets):",
+        "",
+        tabulate(
+            crossbackend.strategy_rows(pairs),
+            headers=crossbackend.STRATEGY_HEADERS,
+            tablefmt="github",
+            disable_numparse=True,
+        ),
+        "",
+        "Per cell:",
+        "",
+        tabulate(rows, headers=crossbackend.PAIR_HEADERS, tablefmt="github", disable_numparse=True),
+        "",
+        crossbackend.accuracy_line(pairs, tol),
+        "First-epoch overhead = first epoch minus the median later epoch (tracing and "
+        "compilation); on JAX each cell's result also holds the compile events it saw "
+        "(`extra.compile.observed`).",
+        "",
+    ]
+
+
 def render_markdown(
     info: RunInfo,
     cells: list[CellResult],
@@ -317,6 +357,7 @@ def render_markdown(
         lines += [f"Skipped cells: {', '.join(skipped)}.", ""]
     if planned_missing:
         lines += [f"Planned but without a result: {', '.join(planned_missing)}.", ""]
+    lines += _backends_section(cells, comparison, info)
     lines += _findings_section(found)
     lines += _baseline_section(comparison, info.profile, plot_paths.get("baseline"))
     lines += ["## Figures", ""]
