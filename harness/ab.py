@@ -21,22 +21,24 @@ How (:func:`run_ab`):
 4. The measured per-step train times of every round (``train_throughput.step_series``
    of the cell result, warm-up excluded) are the samples :func:`verdict` tests.
 
-The verdict (:func:`verdict`, pure). Each round's A and B steps are first divided by
-that round's pooled median (:func:`normalised_pairs`): the load of a shared machine can
-double a round's step times for both sides, and the pair's own level takes that out.
-Then a regression needs BOTH
+The verdict (:func:`verdict`, pure). The independent unit is a process: each round
+gives one sample per side, the median of its measured step times, normalised by the
+round's own level (the geometric mean of its A and B medians), since the load of a
+shared machine moves both sides of a round alike and neighbouring steps of one process
+together. A regression needs BOTH
 
-- a significant difference: two-sided Mann-Whitney U over the pooled normalised step
-  times of each side at p < :data:`P_THRESHOLD` (0.002, asv's level), and
-- a material one: throughput ratio ``median A / median B`` (normalised step times)
-  below ``1 - tolerance``. The tolerance is the profile's ``ab_relative``
-  (``--tolerance`` overrides; :data:`DEFAULT_TOLERANCE` when the profile has none). It
-  is not the profile's ``throughput_relative``: that one is sized for runs at different
-  times against a stored baseline, where drift dominates; interleaving removes the
-  drift, so A/B can flag changes that comparison cannot see.
+- a significant difference: two-sided Mann-Whitney U over those per-round samples at
+  p < :data:`P_THRESHOLD` (0.002, asv's level), and
+- a material one: throughput ratio B / A (the median over rounds of
+  ``median A / median B``) below ``1 - tolerance``. The tolerance is the profile's
+  ``ab_relative`` (``--tolerance`` overrides; :data:`DEFAULT_TOLERANCE` when the profile
+  has none). It is not the profile's ``throughput_relative``: that one is sized for runs
+  at different times against a stored baseline, where drift dominates; interleaving
+  removes the drift, so A/B can flag changes that comparison cannot see.
 
-"not enough data" when fewer than :data:`MIN_ROUNDS` rounds have samples on both sides, or
-when the test could not reach the threshold with that many samples whatever they were.
+"not enough data" when the test cannot reach the threshold with that many rounds,
+whatever the values: below :data:`MIN_ROUNDS` (7) rounds with samples on both sides.
+The per-step samples are all kept in the ``--json`` output.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -66,8 +69,8 @@ AB_KIND = "transfer-bench.ab"
 AB_SCHEMA = 1
 
 P_THRESHOLD = 0.002  # asv's significance level for "different"
-MIN_ROUNDS = 2  # rounds with samples per side, below which nothing is concluded
-DEFAULT_ROUNDS = 4
+MIN_ROUNDS = stats.samples_needed(P_THRESHOLD)  # 7: fewer rounds cannot reach it
+DEFAULT_ROUNDS = 8
 DEFAULT_TOLERANCE = 0.05
 
 REGRESSION = "regression"
@@ -81,7 +84,8 @@ VERDICTS = (REGRESSION, FAILED, NOT_ENOUGH_DATA, IMPROVEMENT, WITHIN_NOISE)
 @dataclass(frozen=True)
 class ABVerdict:
     """One cell's A/B outcome. ``median_a``/``_b`` are the pooled step seconds as measured;
-    ``ratio`` is throughput B / A from the round-normalised steps (below 1: B is slower)."""
+    ``ratio`` is throughput B / A, the median over rounds of ``median A / median B`` of the
+    round (below 1: B is slower)."""
 
     cell_id: str
     verdict: str
@@ -97,29 +101,53 @@ class ABVerdict:
     note: str = ""
 
 
-def normalised_pairs(
-    rounds_a: Sequence[Sequence[float]], rounds_b: Sequence[Sequence[float]]
-) -> tuple[list[float], list[float], int]:
-    """Each round's A and B step times divided by that round's pooled median.
+UNITS = ("round", "step")
 
-    Rounds are the A B pairs run back to back; dividing by the pair's own level removes
-    what the machine's load did between rounds (on a shared machine one round can run
-    twice as slow as the next, for both sides) and keeps what differs within the pair.
-    A round where either side has no samples is left out. Returns (A, B, pairs used).
+
+def paired_medians(
+    rounds_a: Sequence[Sequence[float]], rounds_b: Sequence[Sequence[float]]
+) -> list[tuple[float, float]]:
+    """``(median A, median B)`` step time of each round with samples on both sides."""
+    return [
+        (statistics.median(map(float, ra)), statistics.median(map(float, rb)))
+        for ra, rb in zip(rounds_a, rounds_b, strict=False)
+        if len(ra) and len(rb)
+    ]
+
+
+def test_samples(
+    rounds_a: Sequence[Sequence[float]],
+    rounds_b: Sequence[Sequence[float]],
+    unit: str = "round",
+) -> tuple[list[float], list[float]]:
+    """The samples the U test compares, each round normalised by its own level.
+
+    Rounds are the A B pairs run back to back; dividing by the pair's level removes what
+    the machine's load did between rounds and keeps what differs within the pair.
+    ``unit = "round"`` (what ``bench ab`` tests): one sample per process and side, its
+    median step time over the pair's geometric mean, ``sqrt(mA / mB)`` and ``sqrt(mB / mA)``.
+    A process is the independent unit: the steps of one process share its conditions (on
+    a shared machine the load comes in bursts of seconds, so neighbouring steps move
+    together), and a test that counted them as independent would see a difference
+    between two runs of the same code. ``unit = "step"``: every step over the pair's
+    pooled median (kept for comparison, see benchmarks/bench_ab.py).
     """
+    if unit not in UNITS:
+        raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
     a: list[float] = []
     b: list[float] = []
-    pairs = 0
     for ra, rb in zip(rounds_a, rounds_b, strict=False):
         if not len(ra) or not len(rb):
             continue
-        level = statistics.median([*ra, *rb])
-        if level <= 0:
-            continue
-        a += [float(x) / level for x in ra]
-        b += [float(x) / level for x in rb]
-        pairs += 1
-    return a, b, pairs
+        if unit == "round":
+            ma, mb = statistics.median(map(float, ra)), statistics.median(map(float, rb))
+            a.append(math.sqrt(ma / mb))
+            b.append(math.sqrt(mb / ma))
+        else:
+            level = statistics.median([*map(float, ra), *map(float, rb)])
+            a += [float(x) / level for x in ra]
+            b += [float(x) / level for x in rb]
+    return a, b
 
 
 def verdict(
@@ -129,49 +157,47 @@ def verdict(
     *,
     tolerance: float,
     p_threshold: float = P_THRESHOLD,
-    min_rounds: int = MIN_ROUNDS,
     failures: Sequence[str] = (),
+    unit: str = "round",
 ) -> ABVerdict:
     """Judge B against A from per-round step times (one list per process, in seconds;
     ``rounds_a[i]`` and ``rounds_b[i]`` ran back to back).
 
-    The steps of each round are normalised by the round's level (:func:`normalised_pairs`);
-    then the two-sided Mann-Whitney U test over the pooled normalised steps must give
-    p < ``p_threshold`` AND the ratio of their medians (A / B: throughput B over A) must
-    lie beyond ``1 ± tolerance`` for a regression (below) or an improvement (above).
-    ``failures``: one line per round whose cell produced no samples (a crash, a failed
-    cell); any makes the verdict "failed". Pure: no files, no clock.
+    A regression needs the two-sided Mann-Whitney U test over the round-normalised
+    samples (:func:`test_samples`) at p < ``p_threshold`` AND the ratio (throughput B / A,
+    the median over rounds of ``median A / median B``) below ``1 - tolerance``; an
+    improvement, the same test and a ratio above ``1 + tolerance``. "not enough data"
+    when the test could not reach ``p_threshold`` with that many samples, whatever they
+    were (with one sample per round: fewer than 7 rounds at 0.002). ``failures``: one line
+    per round whose cell produced no samples; any makes the verdict "failed". Pure.
     """
     if not 0 <= tolerance < 1:
         raise InputError(f"A/B tolerance must be in [0, 1), got {tolerance!r}")
     raw_a = [float(x) for r in rounds_a for x in r]
     raw_b = [float(x) for r in rounds_b for x in r]
-    a, b, pairs = normalised_pairs(rounds_a, rounds_b)
+    pairs = paired_medians(rounds_a, rounds_b)
+    a, b = test_samples(rounds_a, rounds_b, unit)
     med_a = statistics.median(raw_a) if raw_a else None
     med_b = statistics.median(raw_b) if raw_b else None
-    ratio = statistics.median(a) / statistics.median(b) if a and b else None
+    ratio = statistics.median(ma / mb for ma, mb in pairs) if pairs else None
 
     def out(v: str, p: float | None, note: str) -> ABVerdict:
         return ABVerdict(
-            cell_id, v, pairs, len(raw_a), len(raw_b), med_a, med_b, ratio, p,
+            cell_id, v, len(pairs), len(raw_a), len(raw_b), med_a, med_b, ratio, p,
             tolerance, p_threshold, note,
         )  # fmt: skip
 
     if failures:
         return out(FAILED, None, "; ".join(failures))
-    if pairs < min_rounds:
-        return out(
-            NOT_ENOUGH_DATA,
-            None,
-            f"{pairs} round(s) with step times on both sides; need {min_rounds}",
-        )
     floor = stats.smallest_p(len(a), len(b))
     if floor >= p_threshold:
+        need = stats.samples_needed(p_threshold)
+        what = f"{need} rounds" if unit == "round" else f"{need} steps a side"
         return out(
             NOT_ENOUGH_DATA,
             None,
-            f"{len(a)} and {len(b)} step times cannot reach p < {p_threshold:g} "
-            f"(best possible {floor:.2g})",
+            f"{len(pairs)} round(s) with step times on both sides; p < {p_threshold:g} needs "
+            f"at least {what}",
         )
     p = stats.mann_whitney(a, b)
     assert ratio is not None
@@ -270,9 +296,9 @@ def render_table(result: ABResult, tablefmt: str = "simple") -> str:
         "",
         table,
         "",
-        f"regression: Mann-Whitney U over the per-step train times (each round normalised by "
-        f"its own median) p < {P_THRESHOLD:g} AND ratio < 1 - {result.tolerance:g} "
-        f"(tolerance from {result.tolerance_source})",
+        f"regression: Mann-Whitney U over the rounds' median step times (each round "
+        f"normalised by its own level) p < {P_THRESHOLD:g} AND ratio < 1 - "
+        f"{result.tolerance:g} (tolerance from {result.tolerance_source})",
     ]
     if result.env_drift:
         lines.append("environment drift allowed: " + "; ".join(result.env_drift))
@@ -282,6 +308,11 @@ def render_table(result: ABResult, tablefmt: str = "simple") -> str:
 
 def render_json(result: ABResult) -> str:
     return jsonio.dumps({**result.to_dict(), "kind": AB_KIND, "schema": AB_SCHEMA})
+
+
+def write_record(path: Path, result: ABResult) -> None:
+    """``result`` as ``--json`` prints it, written atomically (verdicts empty until the end)."""
+    jsonio.write_json(path, result.to_dict(), kind=AB_KIND, schema=AB_SCHEMA)
 
 
 # --- git -----------------------------------------------------------------------------------
@@ -453,8 +484,12 @@ def run_ab(
     tolerance: float | None = None,
     allow_env_drift: bool = False,
     progress: Progress | None = None,
+    record: Path | None = None,
 ) -> ABResult:
-    """Run the A/B comparison (see the module doc) and return its verdicts."""
+    """Run the A/B comparison (see the module doc) and return its verdicts.
+
+    ``record``: a file rewritten (atomically, as ``--json`` prints it) after every cell
+    process, so an interrupted or failed comparison keeps what it measured."""
     from harness.matrix import load_matrix
 
     if rounds < 1:
@@ -498,6 +533,9 @@ def run_ab(
                         tmp / f"runs-{s.label}", f"r{r:02d}-c{i:03d}",
                     )  # fmt: skip
                     result.samples[cid][s.label].append(list(sample.steps))
+                    if record is not None:
+                        result.wall_seconds = time.perf_counter() - t_start
+                        write_record(record, result)
                     if sample.error:
                         result.failures[cid].append(f"{s.label} round {r}: {sample.error}")
                         say(f"round {r}/{rounds} {s.label} {cid}: {sample.error}")
@@ -512,4 +550,6 @@ def run_ab(
         for cid, s in result.samples.items()
     ]
     result.wall_seconds = time.perf_counter() - t_start
+    if record is not None:
+        write_record(record, result)
     return result

@@ -98,12 +98,22 @@ def smallest_p(n: int, m: int) -> float:
     """The smallest two-sided p-value the Mann-Whitney U test can give for sizes n and m.
 
     It is reached when every value of one sample lies beyond every value of the other:
-    2 / C(n + m, n) (capped at 1). With 5 against 5 that is 0.0079, so a threshold of
-    0.002 can never be met; 7 against 7 gives 0.00058.
+    2 / C(n + m, n) (capped at 1; computed in logs, so large samples give 0.0, not an
+    overflow). With 5 against 5 that is 0.0079, so a threshold of 0.002 can never be met;
+    7 against 7 gives 0.00058.
     """
     if n < 1 or m < 1:
         return 1.0
-    return min(1.0, 2.0 / math.comb(n + m, n))
+    log_comb = math.lgamma(n + m + 1) - math.lgamma(n + 1) - math.lgamma(m + 1)
+    return min(1.0, 2.0 * math.exp(-log_comb))
+
+
+def samples_needed(p_threshold: float) -> int:
+    """The fewest samples per side (equal sizes) with which the U test can reach it."""
+    n = 1
+    while smallest_p(n, n) >= p_threshold:
+        n += 1
+    return n
 
 
 def mann_whitney(a: Sequence[float], b: Sequence[float]) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,12 +18,14 @@ def register(sub: argparse._SubParsersAction) -> None:
             "worktrees and run the same cells alternately, A B A B ..., for --rounds rounds, "
             "each a fresh `bench run CELL` process with this environment (refused when a "
             "revision's uv.lock differs, unless --allow-env-drift). The cells come from this "
-            "checkout's profile. A cell regresses when the Mann-Whitney U test over the "
-            f"per-step train times gives p < {P_THRESHOLD:g} AND the throughput ratio B/A is "
-            "below 1 - tolerance (--tolerance, else the profile's [tolerances] ab_relative, "
-            f"else {DEFAULT_TOLERANCE:g}). Fewer than {MIN_ROUNDS} rounds with step times on a "
-            "side gives 'not enough data'. Uncommitted changes are not compared: commit them "
-            "first. Exit 1 on a regression or a failed cell, 2 on bad input, else 0."
+            "checkout's profile. Each round gives one sample per side: the median of its "
+            "measured train step times, normalised by the round's own level. A cell regresses "
+            f"when the Mann-Whitney U test over those samples gives p < {P_THRESHOLD:g} AND "
+            "the throughput ratio B/A is below 1 - tolerance (--tolerance, else the profile's "
+            f"[tolerances] ab_relative, else {DEFAULT_TOLERANCE:g}). Fewer than {MIN_ROUNDS} "
+            "rounds with step times on both sides cannot reach that level: 'not enough "
+            "data'. Uncommitted changes are not compared: commit them first. Exit 1 on a "
+            "regression or a failed cell, 2 on bad input, else 0."
         ),
     )
     p.add_argument("base", metavar="BASE_REV", help="the revision to compare against (A)")
@@ -37,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--rounds",
         type=int,
         default=DEFAULT_ROUNDS,
-        help=f"A B pairs per cell (default {DEFAULT_ROUNDS}, measured: see the README)",
+        help=f"A B pairs per cell (default {DEFAULT_ROUNDS}; at least {MIN_ROUNDS} to conclude)",
     )
     p.add_argument(
         "--tolerance",
@@ -52,6 +55,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="compare even when a revision's uv.lock differs from this environment's",
     )
     p.add_argument("--json", action="store_true", help="machine-readable verdicts and samples")
+    p.add_argument(
+        "--record",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="rewrite FILE (the --json output) after every cell process, so an interrupted "
+        "comparison keeps its samples",
+    )
     p.set_defaults(func=run)
 
 
@@ -68,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         tolerance=args.tolerance,
         allow_env_drift=args.allow_env_drift,
         progress=lambda line: print(f"bench ab: {line}", file=sys.stderr, flush=True),
+        record=args.record,
     )
     print(ab.render_json(result) if args.json else ab.render_table(result))
     return result.exit_code
