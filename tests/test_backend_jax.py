@@ -30,6 +30,20 @@ from harness.matrix import load_matrix
 REPO = Path(__file__).resolve().parent.parent
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
+# Python that makes TensorFlow (and tf_keras) look not installed in the process it runs in.
+HIDE_TENSORFLOW = """
+class _HideTensorFlow:
+    def __init__(self, finder):
+        self.finder = finder
+    def find_spec(self, name, path=None, target=None):
+        if name.partition('.')[0] in ('tensorflow', 'tf_keras'):
+            return None
+        return self.finder.find_spec(name, path, target)
+    def __getattr__(self, attr):
+        return getattr(self.finder, attr)
+sys.meta_path[:] = [_HideTensorFlow(f) for f in sys.meta_path]
+"""
+
 pytestmark = pytest.mark.skipif(
     not backend.installed("jax"), reason="JAX is not installed here (the lock's `jax` extra)"
 )
@@ -121,8 +135,16 @@ def test_a_run_with_two_backends_reports_them_side_by_side(tmp_path: Path) -> No
 
 @pytest.mark.slow
 def test_a_jax_cell_runs_where_tensorflow_cannot_be_imported(tmp_path: Path) -> None:
-    """As on the GPU machines (JAX and torch, no TensorFlow): ``sys.modules['tensorflow']
-    = None`` makes every import of it fail and ``find_spec`` report it absent."""
+    """As on the GPU machines (JAX and torch, no TensorFlow): every ``sys.meta_path`` finder
+    is wrapped so that it finds no ``tensorflow``/``tf_keras``; ``import tensorflow`` then
+    raises ModuleNotFoundError and ``find_spec`` reports it absent, and nothing is put in
+    ``sys.modules``, exactly as where it is not installed.
+
+    Not ``sys.modules['tensorflow'] = None``: Keras's ``in_tf_graph()`` (called by every
+    preprocessing layer, e.g. the flip augmentation) asks ``"tensorflow" in sys.modules``,
+    which that entry makes true, then imports it and fails ("Unable to automatically build
+    the model ... This requires the tensorflow module"), a failure no machine without
+    TensorFlow has."""
     cell = {
         "dataset": "tiny", "strategy": "two-stage", "precision": "float32", "seed": 0,
         "image_size": 32, "alpha": 0.35, "weights": "none", "batch_size": 8, "epochs": 2,
@@ -131,13 +153,14 @@ def test_a_jax_cell_runs_where_tensorflow_cannot_be_imported(tmp_path: Path) -> 
         "input": "synthetic", "num_classes": 3, "augmentation": "flip",
     }  # fmt: skip
     code = (
-        "import sys, json\n"
-        "sys.modules['tensorflow'] = None\n"
+        "import sys, json, importlib.util\n"
+        f"{HIDE_TENSORFLOW}"
+        "assert importlib.util.find_spec('tensorflow') is None\n"
         "from harness import cellproc\n"
         f"rc = cellproc.main(['--cell-json', {json.dumps(json.dumps(cell))}, "
         f"'--run-dir', {str(tmp_path)!r}, '--backend', 'jax'])\n"
-        "loaded = sorted(m for m, v in sys.modules.items() "
-        "if v is not None and m.split('.')[0] in ('tensorflow', 'tf_keras'))\n"
+        "loaded = sorted(m for m in sys.modules "
+        "if m.split('.')[0] in ('tensorflow', 'tf_keras'))\n"
         "print('@@modules', json.dumps({'rc': rc, 'tensorflow_modules': loaded}))\n"
     )
     proc = subprocess.run(
