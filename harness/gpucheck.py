@@ -25,8 +25,9 @@ that would start with less than a minute left is recorded as not reached.
 ``--cpu-dry-run`` runs every phase on the CPU instead, with the matrices shrunk (32 px,
 alpha 0.35, a couple of steps, ``bench all --dry-run``: precisions the CPU lacks run
 anyway, to check their graphs) and a few cells per phase: what CI runs, so the script is
-known to work before it meets a GPU. Exit status: 0 all ran and passed, 1 a cell failed
-or a phase did not finish within the budget, 2 bad usage.
+known to work before it meets a GPU. ``bench all --dry-run`` writes no report, so the dry
+run renders each phase's reports itself (:func:`dry_run_reports`). Exit status: 0 all ran
+and passed, 1 a cell failed or a phase did not finish within the budget, 2 bad usage.
 """
 
 from __future__ import annotations
@@ -242,7 +243,32 @@ def run_phase(
         outcome.status, outcome.note = "partial", "stopped at the end of the budget"
     elif any(c != 0 for c in codes):
         outcome.status, outcome.note = "partial", f"bench exit codes {codes}"
+    if dry:
+        problem = dry_run_reports(run_dirs)
+        if problem:
+            outcome.status = "partial"
+            outcome.note = f"{outcome.note}; {problem}".strip("; ")
     return outcome
+
+
+def dry_run_reports(run_dirs: list[str]) -> str | None:
+    """Write the report of each run folder of a ``--cpu-dry-run`` phase; returns what failed.
+
+    ``bench all --dry-run`` stops before the end-of-run pipeline (a baseline comparison of
+    stand-in data would mean nothing), so its run folders have no report. On a GPU every
+    phase's ``bench all`` writes one; the dry run writes them here, without a comparison,
+    so that the reports are known to render before the check first meets a GPU.
+    """
+    from harness import report
+
+    for d in run_dirs:
+        if not (Path(d) / "run.json").is_file():
+            continue  # the phase recorded nothing there (its note says why)
+        try:
+            report.write_report(Path(d))
+        except Exception as exc:  # recorded in the phase, not a crash of the whole check
+            return f"report of {Path(d).name} failed: {type(exc).__name__}: {exc}"[:300]
+    return None
 
 
 # --- the summary ----------------------------------------------------------------------------
