@@ -44,6 +44,7 @@ from harness.errors import (
 COMMAND_MODULES: tuple[str, ...] = (
     "harness.commands.data",
     "harness.commands.run",
+    "harness.commands.merge",
     "harness.commands.compare",
     "harness.commands.ab",
     "harness.commands.perf",

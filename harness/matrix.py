@@ -101,6 +101,10 @@ class CellSpec:
     dry_run_batch: int = 4  # dry run only: a small batch keeps the full-size check cheap
     skip_if_unsupported: bool = False  # precision the device lacks: "skipped", not "failed"
     backend: str | None = None  # None: the run's backend (--backend, $KERAS_BACKEND, tensorflow)
+    # How many times the cell runs, each a fresh process (harness.orchestrate): how often it
+    # is measured, not what it computes; left out of to_dict() at 1, so runs and baselines
+    # from before the field stay comparable.
+    repeats: int = 1
 
     @property
     def pretrained(self) -> bool:
@@ -121,7 +125,10 @@ class CellSpec:
         return f"{base}/{self.backend}"
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if self.repeats == 1:
+            del data["repeats"]
+        return data
 
 
 @dataclass(frozen=True)
@@ -397,6 +404,8 @@ def _make_cell(values: dict[str, Any], where: str) -> CellSpec:
     for name in ("warmup_steps", "inference_warmup", "dense_units", "reduce_lr_patience"):
         if getattr(cell, name) < 0:
             raise bad(name, "expected an integer >= 0")
+    if isinstance(cell.repeats, bool) or not isinstance(cell.repeats, int) or cell.repeats < 1:
+        raise bad("repeats", "expected an integer >= 1 (each repeat a fresh cell process)")
     if cell.learning_rate <= 0:
         raise bad("learning_rate", "expected a number > 0")
     if not 0 < cell.backbone_lr_factor <= 1:

@@ -1,19 +1,35 @@
-"""A matrix run: the run folder, one subprocess per cell, resume, failures recorded.
+"""A matrix run: the run folder, one process per cell, resume, failures recorded.
 
 ``reports/runs/<run-id>/run.json`` (:class:`~harness.results.RunInfo`) is written when the
-run starts and again, with ``finished_at``, when it ends; each cell writes
-``cells/<cell-file>.json`` from its own process (``python -m harness.cellproc``) and its
-output goes to ``logs/<cell-file>.log``. A cell that fails, crashes or is killed (e.g. out
-of memory) is recorded as ``failed`` with its error, and the run goes on.
+run starts and again, with ``finished_at``, when it ends; each cell's process
+(``python -m harness.cellproc``) writes ``cells/<cell-file>.json`` and its output goes to
+``logs/<cell-file>.log``. A cell that fails, crashes or is killed (e.g. out of memory) is
+recorded as ``failed`` with its error, and the run goes on.
+
+Where the cell processes run is the executor's business (:mod:`harness.executors`:
+serial, ``--jobs``/``--devices`` on this machine, a Dask cluster; ``--shard i/n`` picks a
+stable 1/n of the cells); everything here — the run folder, resume, failure records,
+progress — is the same under each. A remote executor ships a cell's result, log and
+TensorBoard files back, and they are written here, atomically, as each cell finishes.
+
+Repeats (``repeats = N`` on a cell): each repeat is its own cell process (a job of its
+own, under any executor) and writes ``repeats/<cell-file>/r<k>.json`` (log
+``logs/<cell-file>.r<k>.log``; TensorBoard events from repeat 1 only). Once all N are in,
+``cells/<cell-file>.json`` is written: the full result of the median repeat (by train
+images/s) with ``extra.repeats`` holding every repeat's medians and their median, IQR and
+CV (:func:`harness.stats.throughput_repeats`). On ``--resume`` a cell counts as done when
+its ``cells/`` file is; otherwise its repeats with an ok file are kept and only the rest
+run again. A failed repeat fails the cell, naming the repeat.
 
 ``--resume`` reuses the run folder and skips every cell whose result file exists with
 status ``ok`` or ``skipped`` and passes validation (its file is not touched); failed and
 unreadable cells run again.
 
 Faults: one process writes to a run folder at a time (:mod:`harness.runlock`; a second
-writer is refused naming the holder's pid). SIGINT/SIGTERM stop the running cell's process
-(terminate, then kill), record nothing for it and end in :class:`~harness.errors.RunStopped`
-(130/143), which the CLI turns into the exact ``--resume`` command. A cell whose result
+writer is refused naming the holder's pid). SIGINT/SIGTERM stop every running cell's
+process (terminate, then kill; on Dask, the tasks are cancelled and each worker stops its
+cell), record nothing for them and end in :class:`~harness.errors.RunStopped` (130/143),
+which the CLI turns into the exact ``--resume`` command. A cell whose result
 cannot be written (full disk) is recorded as failed with the reason; when even that cannot
 be written, the run stops with RunStopped (exit 2). Files are written atomically, so an
 interrupted or refused write leaves the earlier file as it was.
@@ -25,10 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
-import os
 import re
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -37,9 +50,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from harness import env, fsio, paths, results, runlock
+from harness import env, paths, results, runlock
 from harness.backend import BACKENDS
-from harness.cellproc import EVENT_PREFIX
 from harness.errors import (
     EXIT_BAD_INPUT,
     EXIT_SIGINT,
@@ -49,19 +61,13 @@ from harness.errors import (
     RunStopped,
     Terminated,
 )
+from harness.executors.base import Executor
+from harness.executors.record import CellOutcome, Recorder
+from harness.executors.shard import Shard
 from harness.matrix import CellSpec, Matrix
 from harness.progress import RunProgress
 
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # whole string (fullmatch): no "x\n"
-
-
-@dataclass(frozen=True)
-class CellOutcome:
-    cell_id: str
-    status: str  # "ok", "failed", "skipped" or "resumed" (already done, not run again)
-    error: str | None
-    process_seconds: float | None  # spawn to exit of its process; None when not run
-    start_seconds: float | None  # spawn until Keras and its backend were imported
 
 
 @dataclass(frozen=True)
@@ -131,16 +137,23 @@ def run_matrix(
     allow_unpinned: bool = False,
     progress: RunProgress | None = None,
     skip_unavailable: bool = False,
+    executor: Executor | None = None,
+    shard: Shard | None = None,
 ) -> RunOutcome:
     """Run ``cells`` (default: all of ``matrix``), each in its own process, into a run folder.
 
-    The pre-flight (:mod:`harness.preflight`) runs first: it checks every cell still to
-    run and prepares their data once, here; on a problem nothing starts and no run folder
-    is created, unless ``skip_unavailable`` records those cells as skipped.
+    ``executor`` decides where the cell processes run (default: serially, here);
+    ``shard`` keeps a stable 1/n of the cells. The executor is opened first (a cluster
+    that does not answer is an input error before anything is written), then the
+    pre-flight (:mod:`harness.preflight`) checks every cell still to run and prepares
+    their data once, here; on a problem nothing starts and no run folder is created,
+    unless ``skip_unavailable`` records those cells as skipped.
     """
     t0 = time.perf_counter()
     backend = check_backend(backend)
     chosen = select_backend(cells if cells is not None else matrix.cells, backend)
+    if shard is not None:
+        chosen = shard.select(chosen)
     runs_dir = Path(runs_dir) if runs_dir else paths.runs_dir()
     if run_id is None and resume:
         latest = latest_run_dir(runs_dir, matrix.profile)
@@ -156,19 +169,26 @@ def run_matrix(
     run_dir = runs_dir / run_id
     done = _finished_cells(run_dir, chosen) if resume else set()
     from harness import preflight
+    from harness.executors.serial import SerialExecutor
 
-    pre = preflight.run(
-        [c for c in chosen if c.cell_id not in done],
-        backend=backend,
-        dry_run=dry_run,
-        allow_unpinned=allow_unpinned,
-        skip_unavailable=skip_unavailable,
-    )
-    with runlock.hold(run_dir), _stops_resumably(run_id, run_dir):
-        return _run_started(
-            matrix, chosen, run_dir, run_id, pre, done, t0, resume=resume, backend=backend,
-            dry_run=dry_run, allow_unpinned=allow_unpinned, progress=progress,
-        )  # fmt: skip
+    ex = executor or SerialExecutor()
+    ex.open()
+    try:
+        pre = preflight.run(
+            [c for c in chosen if c.cell_id not in done],
+            backend=backend,
+            dry_run=dry_run,
+            allow_unpinned=allow_unpinned,
+            skip_unavailable=skip_unavailable,
+        )
+        with runlock.hold(run_dir), _stops_resumably(run_id, run_dir):
+            return _run_started(
+                matrix, chosen, run_dir, run_id, pre, done, t0, resume=resume, backend=backend,
+                dry_run=dry_run, allow_unpinned=allow_unpinned, progress=progress,
+                executor=ex, shard=shard,
+            )  # fmt: skip
+    finally:
+        ex.close()
 
 
 def _run_started(
@@ -185,9 +205,14 @@ def _run_started(
     dry_run: bool,
     allow_unpinned: bool,
     progress: RunProgress | None,
+    executor: Executor,
+    shard: Shard | None,
 ) -> RunOutcome:
     """The run once the pre-flight passed, with the run folder's lock held."""
-    info = _start_run(matrix, chosen, run_dir, resume=resume, backend=backend, dry_run=dry_run)
+    info = _start_run(
+        matrix, chosen, run_dir, resume=resume, backend=backend, dry_run=dry_run,
+        executor=executor, shard=shard,
+    )  # fmt: skip
 
     todo: list[CellSpec] = []
     outcomes: list[CellOutcome] = []
@@ -198,23 +223,23 @@ def _run_started(
             outcomes.append(_record_skipped(cell, run_dir, pre.skipped[cell.cell_id], backend))
         else:
             todo.append(cell)
+    recorder = Recorder(run_dir, backend=backend)
+    jobs = [
+        job
+        for cell in todo
+        for job in recorder.jobs_for(cell, dry_run=dry_run, allow_unpinned=allow_unpinned)
+    ]
 
     own_progress = progress is None
-    prog = progress or RunProgress(len(chosen), done=len(outcomes))
+    prog = progress or RunProgress(len(outcomes) + len(jobs), done=len(outcomes))
+    recorder.prog = prog
     with prog if own_progress else contextlib.nullcontext(prog):
         for o in outcomes:
             prog.cell_skipped(o.cell_id, o.error or "already done (resume)")
-        for cell in todo:
-            outcomes.append(
-                _run_one(
-                    cell,
-                    run_dir,
-                    prog,
-                    backend=backend,
-                    dry_run=dry_run,
-                    allow_unpinned=allow_unpinned,
-                )
-            )
+        recorder.combine_ready()  # repeats all in from an earlier invocation
+        if jobs:
+            executor.run(jobs, run_dir, recorder)
+    outcomes += recorder.outcomes.values()
     order = {c.cell_id: i for i, c in enumerate(chosen)}
     outcomes.sort(key=lambda o: order[o.cell_id])
     results.write_run(
@@ -283,10 +308,14 @@ def _start_run(
     resume: bool,
     backend: str | None,
     dry_run: bool,
+    executor: Executor,
+    shard: Shard | None,
 ) -> results.RunInfo:
     from harness.manifest import load_manifest
 
     resolved = {**matrix.to_dict(), "dry_run": dry_run}
+    if shard is not None:
+        resolved["shard"] = str(shard)
     if (run_dir / "run.json").is_file():
         if not resume:
             raise InputError(
@@ -305,11 +334,17 @@ def _start_run(
                 f"--resume: the matrix of profile {matrix.profile!r} ({matrix.path}) changed "
                 f"since {run_dir} started; start a new run"
             )
+        if old.matrix.get("shard") != resolved.get("shard"):
+            raise InputError(
+                f"--resume: {run_dir} is shard {old.matrix.get('shard') or 'none'}, this run "
+                f"asks for shard {resolved.get('shard') or 'none'}; resume with the same --shard"
+            )
         ids = tuple(dict.fromkeys((*old.cell_ids, *(c.cell_id for c in chosen))))
-        info = dataclasses.replace(old, cell_ids=ids, finished_at=None)
+        environment = {**old.environment, "executor": executor.describe()}
+        info = dataclasses.replace(old, cell_ids=ids, finished_at=None, environment=environment)
     else:
         manifest = load_manifest()
-        fp = env.fingerprint(backend)
+        fp = {**env.fingerprint(backend), "executor": executor.describe()}
         info = results.RunInfo(
             run_id=run_dir.name,
             profile=matrix.profile,
@@ -326,136 +361,6 @@ def _start_run(
         )
     results.write_run(run_dir, info)
     return info
-
-
-def _run_one(
-    cell: CellSpec,
-    run_dir: Path,
-    prog: RunProgress,
-    *,
-    backend: str | None,
-    dry_run: bool,
-    allow_unpinned: bool,
-) -> CellOutcome:
-    """Run one cell in a child process; record a failure if it dies without a result."""
-    result_path = run_dir / "cells" / results.cell_filename(cell.cell_id)
-    log_path = run_dir / "logs" / (results.cell_filename(cell.cell_id)[: -len(".json")] + ".log")
-    with fsio.guard(log_path.parent, "create the log folder"):
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-    with fsio.guard(result_path, "remove the failed result"):
-        result_path.unlink(missing_ok=True)  # a failed result being retried
-    if dry_run:  # a dry run runs one short epoch per stage
-        from harness.strategies import plan
-
-        epochs = len(plan(cell).stages)
-    else:
-        epochs = cell.epochs
-    prog.cell_start(cell.cell_id, epochs)
-    cmd = [
-        sys.executable, "-m", "harness.cellproc",
-        "--cell-json", json.dumps(cell.to_dict()),
-        "--run-dir", str(run_dir),
-        "--spawned-at", repr(time.time()),
-    ]  # fmt: skip
-    backend = cell.backend or backend  # the cell's own (a backends axis), else the run's
-    if backend:
-        cmd += ["--backend", backend]
-    if dry_run:
-        cmd.append("--dry-run")
-    if allow_unpinned:
-        cmd.append("--allow-unpinned")
-    t0 = time.perf_counter()
-    start_seconds = None
-    tail: list[str] = []
-    envp = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    log_error = ""  # why the log stopped (e.g. the disk filled up); the cell goes on
-    with fsio.guard(log_path, "write"):
-        log = open(log_path, "w", buffering=1)  # noqa: SIM115 (closed below, in finally)
-    proc = None
-    try:
-        proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=envp,
-            cwd=os.getcwd(), preexec_fn=_die_with_parent,
-        )  # fmt: skip
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if not log_error:
-                try:
-                    log.write(line)
-                except OSError as exc:
-                    log_error = fsio.fs_error(exc, log_path, "write").message
-            if line.startswith(EVENT_PREFIX):
-                try:
-                    ev = json.loads(line[len(EVENT_PREFIX) :])
-                except ValueError:
-                    continue
-                if ev.get("event") == "epoch":
-                    prog.epoch(ev)
-                elif ev.get("event") == "ready":
-                    start_seconds = ev.get("start_seconds")
-            else:
-                tail = ([*tail, line.rstrip()])[-20:]
-        rc = proc.wait()
-    finally:  # also on SIGINT/SIGTERM: the cell's process must not run on
-        if proc is not None:
-            _stop(proc)
-        with contextlib.suppress(OSError):
-            log.close()
-    secs = time.perf_counter() - t0
-    unreadable = ""
-    if result_path.is_file():
-        try:
-            res = results.read_cell(result_path)
-        except InputError as exc:  # a result that does not validate is no result
-            unreadable = exc.message
-        else:
-            prog.cell_end(cell.cell_id, res.status, res.error)
-            return CellOutcome(cell.cell_id, res.status, res.error, secs, start_seconds)
-    # The process died before writing a result: crash, signal, out-of-memory kill.
-    if unreadable:
-        why = f"the cell's result does not validate: {unreadable}"
-    elif rc < 0:
-        why = f"cell process killed by signal {-rc}"
-        if -rc == 9:
-            why += " (SIGKILL: out of memory?)"
-    else:
-        why = f"cell process exited with status {rc} without a result"
-    last = next((t for t in reversed(tail) if t.strip()), "")
-    error = f"{why}; last output: {last[:300]}" if last else why
-    error += f" (log: {log_path}{'; ' + log_error if log_error else ''})"
-    from harness.runner import failed_result
-
-    res = failed_result(cell, error, wall_seconds=secs, backend_name=backend or "unknown")
-    results.write_cell(run_dir, res)
-    prog.cell_end(cell.cell_id, "failed", error)
-    return CellOutcome(cell.cell_id, "failed", error, secs, start_seconds)
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    """Stop a cell's process if it still runs: SIGTERM, a few seconds' grace, then SIGKILL."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    if proc.stdout is not None:
-        with contextlib.suppress(OSError):
-            proc.stdout.close()
-
-
-def _die_with_parent() -> None:
-    """In the child: get SIGKILL when the orchestrator dies (Linux), so no orphan cell runs on
-    and writes a result into a folder that a resumed run is completing."""
-    try:
-        import ctypes
-        import signal
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 PROCESS_KIND = "transfer-bench.processes"

@@ -36,6 +36,7 @@ class RunProgress:
         self._epoch_task: Any = None
         self._cell_t0 = 0.0
         self._index = done
+        self._started: dict[str, tuple[int, float]] = {}  # cell -> (its number, start time)
 
     def __enter__(self) -> RunProgress:
         if self.rich:
@@ -69,6 +70,7 @@ class RunProgress:
     def cell_start(self, cell_id: str, epochs: int) -> None:
         self._index += 1
         self._cell_t0 = time.perf_counter()
+        self._started[cell_id] = (self._index, self._cell_t0)  # cells may run side by side
         if self._progress is not None:
             if self._epoch_task is not None:
                 self._progress.remove_task(self._epoch_task)
@@ -86,17 +88,19 @@ class RunProgress:
             for k in ("loss", "accuracy", "val_loss", "val_accuracy")
             if isinstance(event.get(k), (int, float))
         )
+        index = self._started.get(str(event.get("cell")), (self._index, 0.0))[0]
         self.line(
-            f"[{self._index}/{self.total}] {event.get('cell')} epoch {ep}/{eps} {vals} "
+            f"[{index}/{self.total}] {event.get('cell')} epoch {ep}/{eps} {vals} "
             f"({event.get('seconds', 0.0):.1f}s)"
         )
 
     def cell_end(self, cell_id: str, status: str, error: str | None = None) -> None:
-        secs = time.perf_counter() - self._cell_t0
+        index, t0 = self._started.pop(cell_id, (self._index, self._cell_t0))
+        secs = time.perf_counter() - t0
         self.done += 1
         if self._progress is not None:
             self._progress.update(self._cells_task, completed=self.done)
-        msg = f"[{self._index}/{self.total}] {cell_id}: {status} in {secs:.1f}s"
+        msg = f"[{index}/{self.total}] {cell_id}: {status} in {secs:.1f}s"
         if error:
             msg += f" — {error}"
         self.line(msg)

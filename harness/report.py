@@ -91,7 +91,7 @@ def matrix_rows(cells: list[CellResult]) -> list[list[Any]]:
                 len(c.history) if c.history else "",
                 _to_target(c),
                 t.batch_size if t else "",
-                _rate(t),
+                _rate(t) + (SHARED_MARK if t and _shared(c) else ""),
                 _rate(c.inference_throughput),
                 _mem(c),
                 c.wall_seconds,
@@ -120,6 +120,49 @@ MATRIX_HEADERS = (
     "wall s",
     "status",
 )
+
+
+SHARED_MARK = " ‡"
+
+
+def _shared(c: CellResult) -> bool:
+    """Whether the cell measured its throughput while other cells shared its CPU
+    (``--jobs N``, or several Dask workers on one host without a GPU each)."""
+    return bool((c.extra.get("placement") or {}).get("shared"))
+
+
+def _scale_out_notes(cells: list[CellResult]) -> list[str]:
+    """The shared-throughput footnote and the repeats table (median, IQR, CV across the
+    repeats' processes), for the cells that have them."""
+    lines: list[str] = []
+    if any(_shared(c) and c.train_throughput for c in cells):
+        lines += [
+            f"{SHARED_MARK.strip()} throughput measured while other cells shared the CPU "
+            "(`--jobs N`, or Dask workers sharing a host): lower than on an idle machine, "
+            "and not comparable with a serial baseline.",
+            "",
+        ]
+    rows = []
+    for c in sorted(cells, key=lambda c: c.cell_id):
+        summary = ((c.extra.get("repeats") or {}).get("summary")) or {}
+        if summary:
+            rows.append([
+                c.cell_id, summary.get("n"), summary.get("median"), summary.get("iqr"),
+                100 * float(summary.get("cv") or 0.0),
+            ])  # fmt: skip
+    if rows:
+        lines += [
+            "Repeats (each a fresh cell process; train images/s, the spread across repeats):",
+            "",
+            tabulate(
+                rows,
+                headers=("cell", "repeats", "median img/s", "IQR img/s", "CV %"),
+                tablefmt="github",
+                floatfmt=".1f",
+            ),
+            "",
+        ]
+    return lines
 
 
 def pivot_rows(cells: list[CellResult]) -> tuple[list[str], list[list[str]]]:
@@ -348,6 +391,7 @@ def render_markdown(
         ),
         "",
     ]
+    lines += _scale_out_notes(cells)
     kinds = sorted({c.peak_memory_kind for c in cells if c.peak_memory_kind})
     if kinds:
         lines += [f"Peak memory is the {'; '.join(kinds)}.", ""]

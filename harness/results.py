@@ -342,10 +342,21 @@ def cell_filename(cell_id: str) -> str:
     return cell_id.replace("/", "__") + ".json"
 
 
+def repeat_filename(cell_id: str, repeat: int) -> str:
+    """Result of repeat ``repeat`` (1-based) of a cell with ``repeats > 1``, relative to the
+    run folder: ``repeats/<cell file stem>/r<k>.json`` (the cell's own file, under cells/,
+    is written once every repeat is in)."""
+    return f"repeats/{cell_filename(cell_id)[: -len('.json')]}/r{repeat}.json"
+
+
 def write_cell(run_dir: Path, result: CellResult) -> Path:
-    path = Path(run_dir) / "cells" / cell_filename(result.cell_id)
-    jsonio.write_json(path, to_dict(result), kind=CELL_KIND, schema=CELL_SCHEMA)
-    return path
+    return write_cell_file(Path(run_dir) / "cells" / cell_filename(result.cell_id), result)
+
+
+def write_cell_file(path: Path, result: CellResult) -> Path:
+    """A cell result at ``path`` (atomically; see :mod:`harness.jsonio`)."""
+    jsonio.write_json(Path(path), to_dict(result), kind=CELL_KIND, schema=CELL_SCHEMA)
+    return Path(path)
 
 
 def read_cell(path: Path) -> CellResult:
@@ -357,7 +368,8 @@ def read_cell(path: Path) -> CellResult:
             jsonio.read_json(path, kind=CELL_KIND, schema=CELL_SCHEMA), f"{path}: cell"
         )
     except InputError as exc:
-        run_id = path.parent.parent.name
+        run = path.parent.parent  # cells/<file>, or repeats/<cell>/r<k>.json
+        run_id = run.parent.name if run.name == "repeats" else run.name
         raise InputError(
             f"{exc.message}; `bench all --resume --run-id {run_id}` runs the cell again"
         ) from None

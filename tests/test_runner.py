@@ -98,12 +98,14 @@ dense_units = 0
 """
         + SYNTHETIC
         + """
-[[cells]]   # real input from a dataset the manifest does not know: this cell fails
-datasets = ["no-such-dataset"]
-strategies = ["feature-extract"]
+[[cells]]   # passes the pre-flight, fails in its process: K beyond the backbone's layers
+datasets = ["tiny"]
+strategies = ["fine-tune"]
 precisions = ["float32"]
 seeds = [0]
-""",
+fine_tune_k = 5000
+"""
+        + SYNTHETIC,
     )
     runs = tmp_path / "runs"
     cmd = [
@@ -137,14 +139,14 @@ seeds = [0]
         assert (cells_dir / name).read_bytes() == data, f"{name} changed on resume"
     done = {p.name: results.read_cell(p) for p in cells_dir.glob("*.json")}
     assert len(done) == 3
-    failed = read(runs / "r", "no-such-dataset/feature-extract-random/float32/s0")
-    assert failed.status == "failed" and "no-such-dataset" in (failed.error or "")
+    failed = read(runs / "r", "tiny/fine-tune-random/float32/s0")
+    assert failed.status == "failed" and "fine_tune_k" in (failed.error or "")
     assert read(runs / "r", "tiny/feature-extract-random/float32/s0").ok
     probe = read(runs / "r", "tiny/linear-probe-random/float32/s0")
     assert probe.ok and probe.extra["feature_cache"]["images"] > 0
     info = results.read_run(runs / "r")
     assert info.finished_at and len(info.cell_ids) == 3
-    assert "failed: no-such-dataset/feature-extract-random/float32/s0" in resumed.stdout
+    assert "failed: tiny/fine-tune-random/float32/s0" in resumed.stdout
 
 
 @pytest.mark.slow
@@ -166,7 +168,9 @@ def test_reference_dry_run_cell_is_full_size_and_says_so(tmp_path: Path, run_ben
     assert res.config["optimizer"]["learning_rate"] == 1e-3
 
 
-def test_mixed_float16_on_cpu_is_a_recorded_failure(tmp_path: Path, run_bench: Run) -> None:
+def test_mixed_float16_on_cpu_is_refused_before_the_run(tmp_path: Path, run_bench: Run) -> None:
+    """A precision this machine cannot run is a pre-flight input error: one line, exit 2,
+    and no run folder (nothing started)."""
     profile = matrix_file(
         tmp_path,
         """
@@ -179,12 +183,13 @@ seeds = [0]
         + SYNTHETIC,
     )
     proc = run_bench("all", "--profile", str(profile), "--runs-dir", str(tmp_path), "--run-id", "p")
-    if "GPU" in proc.stdout and "needs a GPU" not in proc.stdout:  # pragma: no cover
+    if proc.returncode == 0:  # pragma: no cover
         pytest.skip("a GPU is visible: mixed_float16 is supported here")
-    assert proc.returncode == 1
-    res = read(tmp_path / "p", "tiny/scratch/mixed_float16/s0")
-    assert res.status == "failed"
-    assert "mixed_float16 needs a GPU" in (res.error or "")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "pre-flight" in lines[0] and "mixed_float16 needs a GPU" in lines[0]
+    assert not (tmp_path / "p").exists()
 
 
 def test_bad_arguments_exit_2(tmp_path: Path, run_bench: Run) -> None:

@@ -69,6 +69,7 @@ def register(sub: Any) -> None:
         help="at the end, export the run to MLflow (e.g. sqlite:///mlflow.db or "
         "http://127.0.0.1:5000; needs the mlflow extra)",
     )
+    scale_args(p)
     p.set_defaults(func=cmd_all)
 
     p = sub.add_parser("run", help="run one cell of a matrix by its id")
@@ -86,9 +87,61 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_env)
 
 
+def scale_args(p: argparse.ArgumentParser) -> None:
+    """Where the cells run (harness.executors; docs/scale-out.md)."""
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run N cells at once on this machine, the CPU cores divided between them "
+        "(their throughput is marked as measured under sharing)",
+    )
+    p.add_argument(
+        "--devices",
+        default=None,
+        metavar="LIST",
+        help="one cell per GPU at a time, pinned with CUDA_VISIBLE_DEVICES: 0,1,2,3 or 'all'",
+    )
+    p.add_argument(
+        "--executor",
+        default=None,
+        choices=("serial", "local", "dask"),
+        help="where cells run (default: serial, or what --jobs/--devices/--scheduler imply)",
+    )
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="tcp://HOST:PORT",
+        help="the dask.distributed scheduler of an existing cluster (--executor dask)",
+    )
+    p.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="run a stable 1/N of the cells (shard I of N); combine runs with `bench merge`",
+    )
+
+
+def _executor(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The executor and shard the options ask for (InputError, one line, when bad)."""
+    from harness.executors import from_options
+    from harness.executors.shard import parse_shard
+
+    shard = parse_shard(args.shard) if getattr(args, "shard", None) is not None else None
+    executor = from_options(
+        getattr(args, "executor", None),
+        jobs=getattr(args, "jobs", None),
+        devices=getattr(args, "devices", None),
+        scheduler=getattr(args, "scheduler", None),
+    )
+    return executor, shard
+
+
 def _run(args: argparse.Namespace, matrix: Any, cells: Any, resume: bool) -> tuple[Path, int]:
     from harness.orchestrate import run_matrix
 
+    executor, shard = _executor(args)
     try:
         outcome = run_matrix(
             matrix,
@@ -100,6 +153,8 @@ def _run(args: argparse.Namespace, matrix: Any, cells: Any, resume: bool) -> tup
             dry_run=args.dry_run,
             allow_unpinned=args.allow_unpinned,
             skip_unavailable=args.skip_unavailable,
+            executor=executor,
+            shard=shard,
         )
     except RunStopped as exc:  # a signal or a full disk: say how to resume
         raise RunStopped(
@@ -134,6 +189,9 @@ def _resume_hint(args: argparse.Namespace, stopped: RunStopped) -> str:
         cmd += ["--backend", args.backend]
     if getattr(args, "baseline", None) is not None:
         cmd += ["--baseline", str(args.baseline)]
+    for opt in ("jobs", "devices", "executor", "scheduler", "shard"):
+        if getattr(args, opt, None) is not None:
+            cmd += [f"--{opt}", str(getattr(args, opt))]
     flags = ("dry_run", "allow_unpinned", "skip_unavailable", "no_compare")
     cmd += [f"--{f.replace('_', '-')}" for f in flags if getattr(args, f, False)]
     return f"resume with: {shlex.join([*cmd, '--resume'])}"
