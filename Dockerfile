@@ -25,7 +25,7 @@ ARG BASE_IMAGE=transfer-bench-base:bookworm
 
 # --- deps: the virtual environment with every dependency, but not the harness itself -----
 # Installed from uv.lock, hash-checked (pip --require-hashes), with the TensorFlow flavour's
-# extra: the same versions as `scripts/bench` and `scripts/test` install on a host. uv (the
+# extra and the dask extra (the image serves as a Dask worker: docs/scale-out.md): the same versions as `scripts/bench` and `scripts/test` install on a host. uv (the
 # version pyproject.toml's [tool.uv] required-version pins) only exports the locked set and
 # is not kept. Changes only when pyproject.toml, uv.lock, TF_EXTRA, BASE_IMAGE or the CA
 # bundle change, so code edits reuse this layer.
@@ -49,7 +49,7 @@ RUN set -eu; \
     python3 -m venv /build/uv; \
     /build/uv/bin/pip install -q "uv==$uv_version"; \
     /build/uv/bin/uv export --frozen --no-emit-project --no-default-groups --group build \
-      --extra "tf-$TF_EXTRA" --format requirements-txt -o requirements.txt; \
+      --extra "tf-$TF_EXTRA" --extra dask --format requirements-txt -o requirements.txt; \
     python3 -m venv /opt/venv; \
     /opt/venv/bin/pip install --require-hashes --no-deps -r requirements.txt; \
     /opt/venv/bin/pip check; \

@@ -170,6 +170,7 @@ class _Run:
         self.submitted: dict[str, int] = {k: 0 for k in self.jobs}
         self.finished: set[str] = set()
         self.exhausted: set[str] = set()  # started a third time: lost twice
+        self.woken = threading.Event()  # set when any task's future is done
 
     def spec(self, job: CellJob) -> dict[str, Any]:
         return {
@@ -187,7 +188,7 @@ class _Run:
 
         self.submitted[job.key] += 1
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", job.key)
-        return self.client.submit(
+        fut = self.client.submit(
             task.run_cell,
             self.spec(job),
             key=f"bench-cell-{self.token}-{safe}-a{self.submitted[job.key]}",
@@ -195,6 +196,8 @@ class _Run:
             retries=0,
             resources={"GPU": 1} if self.ex.uses_gpu else None,
         )
+        fut.add_done_callback(lambda _: self.woken.set())
+        return fut
 
     def on_event(self, event: Any) -> None:
         """A Dask event from a task (on the client's thread): a start, or cell progress."""
@@ -220,15 +223,14 @@ class _Run:
                 self.hooks.event(job, msg["data"])
 
     def run(self) -> None:
-        distributed = _distributed()
         self.client.subscribe_topic(self.topic, self.on_event)
         pending = {key: self.submit(job) for key, job in self.jobs.items()}
         try:
             while pending:
-                with contextlib.suppress(TimeoutError, distributed.TimeoutError):
-                    distributed.wait(
-                        list(pending.values()), timeout=_POLL_S, return_when="FIRST_COMPLETED"
-                    )
+                # Woken by a future finishing (its callback), else every _POLL_S: the main
+                # thread stays responsive to signals and sees retries becoming due.
+                self.woken.wait(_POLL_S)
+                self.woken.clear()
                 for key, fut in list(pending.items()):
                     again = self.collect(key, fut)
                     if again is None:
