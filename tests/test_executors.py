@@ -356,3 +356,45 @@ def test_placement_env_is_recorded_by_the_cell_process(monkeypatch: pytest.Monke
     placed = cellproc.placement()
     assert placed["executor"] == "local" and placed["slot"] == 1
     assert placed["cuda_visible_devices"] == "3" and "threads" in placed
+
+
+def test_devices_pin_one_gpu_per_slot_and_jobs_divide_the_cores() -> None:
+    from harness.errors import InputError
+    from harness.executors import from_options
+    from harness.executors.local import LocalExecutor, divide, parse_devices
+
+    ex = LocalExecutor(devices=parse_devices("0,1"))
+    envs = [ex.slot_env(s) for s in ex.slots]
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0", "1"]
+    assert json.loads(envs[1]["BENCH_PLACEMENT"])["device"] == "1"
+    assert ex.describe()["throughput_shared"] is False  # a GPU each: nothing shared
+    slots = divide(2, cpus=[0, 1, 2, 3])
+    assert [s.cpus for s in slots] == [(0, 1), (2, 3)] and slots[0].threads == 2
+    assert divide(3, cpus=[0, 1])[2].oversubscribed
+    jobs = from_options(jobs=2)
+    assert jobs.describe()["throughput_shared"] is True
+    assert jobs.slot_env(jobs.slots[0])["OMP_NUM_THREADS"] == str(jobs.slots[0].threads)
+    assert from_options().name == "serial"
+    for kwargs, match in (
+        ({"devices": "0,0"}, "named twice"),
+        ({"devices": "gpu0"}, "--devices 'gpu0'"),
+        ({"jobs": 2, "devices": "0"}, "give one"),
+        ({"executor": "dask"}, "needs --scheduler"),
+        ({"executor": "serial", "jobs": 2}, "one cell at a time"),
+    ):
+        with pytest.raises(InputError, match=match):
+            from_options(**kwargs)  # type: ignore[arg-type]
+
+
+def test_report_marks_shared_throughput_and_shows_repeats() -> None:
+    import dataclasses
+
+    from harness import report
+
+    shared = runkit.cell(seed=0)
+    shared = dataclasses.replace(shared, extra={"placement": {"shared": True}})
+    reps = combine([runkit.cell(seed=1, rate=r) for r in (400.0, 380.0, 420.0)])
+    rows = report.matrix_rows([shared, reps])
+    assert any(str(r[12]).endswith(report.SHARED_MARK) for r in rows)
+    text = "\n".join(report._scale_out_notes([shared, reps]))
+    assert "shared the CPU" in text and "CV %" in text and reps.cell_id in text
