@@ -12,7 +12,11 @@ phases, each a function with one job, in this order:
 2. :func:`open_inputs` — the prepared uint8 cache the pre-flight made (or synthetic
    stand-ins of the same shape for ``input = "synthetic"`` and dry runs) and the weights
    file; it never prepares. Preprocessing and augmentation are layers inside the model,
-   so the input side never limits the measured throughput;
+   so the input side never limits the measured throughput. Small splits are read whole;
+   splits too big for that stay memory-mapped and :func:`fit` and :func:`measure` stream
+   them through :mod:`harness.streaming` (:func:`harness.streaming.choose_input`,
+   ``$BENCH_INPUT_PATH`` forces either; the result's ``extra.input_path`` says which and
+   why);
 3. :func:`build` — the model (:mod:`harness.strategies`);
 4. :func:`fit` — one ``fit`` per stage with the timing callbacks (:mod:`harness.timing`),
    TensorBoard's (:mod:`harness.tensorboard`), ReduceLROnPlateau where the cell asks;
@@ -22,6 +26,7 @@ phases, each a function with one job, in this order:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from collections.abc import Callable
@@ -31,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from harness import backend
+from harness import backend, streaming
 from harness.errors import BenchError, InputError
 from harness.matrix import NO_WEIGHTS, CellSpec
 from harness.results import CellResult, EpochRecord, Throughput
@@ -59,6 +64,13 @@ class CellData:
     input_kind: str  # "real" or "synthetic"
     digests: dict[str, str]
     note: str = ""
+    # How fit and evaluate read the arrays: "memory" (arrays held whole) or "stream" (the
+    # prepared cache's memory maps, read batch by batch; see :mod:`harness.streaming`).
+    choice: streaming.InputChoice | None = None
+
+    @property
+    def streamed(self) -> bool:
+        return self.choice is not None and self.choice.path == "stream"
 
 
 def num_classes_of(cell: CellSpec) -> int:
@@ -88,8 +100,10 @@ def standins(cell: CellSpec, num_classes: int, n_train: int, n_val: int) -> Cell
 
 
 def load_data(cell: CellSpec, *, allow_unpinned: bool = False) -> CellData:
-    """The prepared splits of a real-data cell, read into memory. Never prepares: the
-    pre-flight did, in the parent; a missing cache is a clear error naming the command."""
+    """The prepared splits of a real-data cell: read into memory, or left memory-mapped to
+    be streamed when :func:`harness.streaming.choose_input` says so (too big to read
+    whole, or ``$BENCH_INPUT_PATH``). Never prepares: the pre-flight did, in the parent; a
+    missing cache is a clear error naming the command."""
     from harness.datasets.loader import open_split
     from harness.datasets.prepare import require_prepared
 
@@ -100,12 +114,20 @@ def load_data(cell: CellSpec, *, allow_unpinned: bool = False) -> CellData:
         test = open_split(cell.dataset, "test", cell.image_size)
     except InputError:
         test = None
+    choice = streaming.choose_input(
+        streaming.split_bytes(train, val, test), mode=streaming.requested_mode()
+    )
+    # Streamed: the np.memmap objects themselves (harness.streaming.RowReader reads their
+    # rows with preadv, so the batches are resident, not the file's pages).
+    whole: Callable[[np.ndarray], np.ndarray] = (
+        (lambda a: a) if choice.path == "stream" else np.ascontiguousarray
+    )
     return CellData(
-        np.ascontiguousarray(train.images), np.asarray(train.labels, np.int32),
-        np.ascontiguousarray(val.images), np.asarray(val.labels, np.int32),
-        None if test is None else np.ascontiguousarray(test.images),
+        whole(train.images), np.asarray(train.labels, np.int32),
+        whole(val.images), np.asarray(val.labels, np.int32),
+        None if test is None else whole(test.images),
         None if test is None else np.asarray(test.labels, np.int32),
-        train.num_classes, "real", {"prepared": train.digest},
+        train.num_classes, "real", {"prepared": train.digest}, choice=choice,
     )  # fmt: skip
 
 
@@ -201,7 +223,8 @@ class Fitted:
     epochs: int  # the last epoch reached
     jit_layers: list[str]
     jit_effective: bool
-    extra: dict[str, Any]  # tensorboard, feature_cache
+    extra: dict[str, Any]  # tensorboard, feature_cache, input_path
+    test_streamed: bool = False  # x_test is a memory map that measure() streams
 
 
 @dataclass(frozen=True)
@@ -299,6 +322,11 @@ def open_inputs(
             cell.inference_steps,
             cell.inference_warmup,
         )
+    if data.choice is None:  # stand-ins, in memory: streamed only when forced
+        size = streaming.split_bytes(data.x_train, data.x_val, data.x_test)
+        data = dataclasses.replace(
+            data, choice=streaming.choose_input(size, mode=streaming.requested_mode())
+        )
     weights_file, weights_note = resolve_backbone_weights(
         cell, dry_run=dry_run, allow_unpinned=allow_unpinned
     )
@@ -367,13 +395,19 @@ def fit(
     x_test, y_test = data.x_test, data.y_test
     extra: dict[str, Any] = {"tensorboard": board_info}
     input_kind = data.input_kind
+    stream_fit = data.streamed and not plan.cached_features
     if plan.cached_features:
         t0 = time.perf_counter()
         feat = built.feature_model
-        x_train = feat.predict(x_train, batch_size=_eval_batch(x_train, batch), verbose=0)
-        x_val = feat.predict(x_val, batch_size=_eval_batch(x_val, batch), verbose=0)
+
+        def features(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+            feed = _feed(x, y, batch, stream=data.streamed, labels=False)
+            return feat.predict(**feed, verbose=0)
+
+        x_train = features(x_train, y_train)
+        x_val = features(x_val, y_val)
         if x_test is not None:
-            x_test = feat.predict(x_test, batch_size=_eval_batch(x_test, batch), verbose=0)
+            x_test = features(x_test, y_test)
         secs = time.perf_counter() - t0
         n_img = (
             len(data.x_train) + len(data.x_val) + (0 if data.x_test is None else len(data.x_test))
@@ -387,6 +421,12 @@ def fit(
             "augmentation: cached features cannot be augmented), kept in memory",
         }
         input_kind = "cached-features"
+    train_feed = val_feed = None
+    if stream_fit:  # the dataset's own seeded order per epoch, set by its epoch callback
+        train_feed = streaming.stream(streaming.Rows(x_train, y_train), batch, seed=cell.seed)
+        val_feed = _feed(x_val, y_val, batch, stream=True)["x"]
+        callbacks.insert(0, train_feed.epoch_callback())
+    extra["input_path"] = _input_record(data, plan.cached_features)
 
     optimizer = None
     start_epoch = 0
@@ -400,12 +440,18 @@ def fit(
         jit_effective = bool(fit_model.jit_compile)  # Keras may turn it off (TF determinism)
         backend.prebuild_for_fit(fit_model, x_train[:batch], y_train[:batch])
         end_epoch = epochs_map[stage.name]
-        fit_model.fit(
-            x_train, y_train,
-            batch_size=batch, epochs=end_epoch, initial_epoch=start_epoch,
-            validation_data=(x_val, y_val), shuffle=True, verbose=0, callbacks=callbacks,
-            validation_batch_size=_eval_batch(x_val, batch),
-        )  # fmt: skip
+        if stream_fit:
+            fit_model.fit(
+                train_feed, epochs=end_epoch, initial_epoch=start_epoch,
+                validation_data=val_feed, shuffle=False, verbose=0, callbacks=callbacks,
+            )  # fmt: skip
+        else:
+            fit_model.fit(
+                x_train, y_train,
+                batch_size=batch, epochs=end_epoch, initial_epoch=start_epoch,
+                validation_data=(x_val, y_val), shuffle=True, verbose=0, callbacks=callbacks,
+                validation_batch_size=_eval_batch(x_val, batch),
+            )  # fmt: skip
         start_epoch = end_epoch
     for row in epoch_timer.rows:
         bad = [k for k in ("loss", "val_loss") if k in row.logs and not np.isfinite(row.logs[k])]
@@ -417,7 +463,7 @@ def fit(
             )
     return Fitted(
         epoch_timer, ttt, step_timer, optimizer, fit_model, x_test, y_test, input_kind,
-        start_epoch, jit_layers, jit_effective, extra,
+        start_epoch, jit_layers, jit_effective, extra, test_streamed=stream_fit,
     )  # fmt: skip
 
 
@@ -435,7 +481,7 @@ def measure(
     test_accuracy = None
     if fitted.x_test is not None and fitted.y_test is not None:
         ev = fitted.fit_model.evaluate(
-            fitted.x_test, fitted.y_test, batch_size=_eval_batch(fitted.x_test, batch),
+            **_feed(fitted.x_test, fitted.y_test, batch, stream=fitted.test_streamed),
             verbose=0, return_dict=True,
         )  # fmt: skip
         test_accuracy = float(ev["accuracy"])
@@ -597,6 +643,40 @@ def record(
 def _eval_batch(x: Any, batch: int) -> int:
     """The backend's batch size for evaluating ``x`` (one compiled shape on JAX)."""
     return backend.eval_batch_size(len(x), batch)
+
+
+def _feed(
+    x: np.ndarray, y: np.ndarray, batch: int, *, stream: bool, labels: bool = True
+) -> dict[str, Any]:
+    """``evaluate`` (``labels``) or ``predict`` arguments over images ``x`` (labels ``y``)
+    at the eval batch: the arrays, or, streamed, an unshuffled PyDataset reading the rows
+    from the memory map as they are needed, never the split whole (``predict`` ignores
+    the labels it serves)."""
+    size = _eval_batch(x, batch)
+    if stream:
+        return {"x": streaming.stream(streaming.Rows(x, y), size, seed=0, shuffle=False)}
+    return {"x": x, "y": y, "batch_size": size} if labels else {"x": x, "batch_size": size}
+
+
+def _input_record(data: CellData, cached_features: bool) -> dict[str, Any]:
+    """``extra.input_path``: which path the cell's inputs took and why."""
+    choice = data.choice
+    if choice is None:  # open_inputs always chooses; a CellData made elsewhere may not
+        return {"path": "memory", "reason": "arrays given in memory", "fed": "arrays"}
+    if not data.streamed:
+        fed = "uint8 arrays held in memory, fit(shuffle=True)"
+    elif cached_features:
+        fed = (
+            "features computed from the stream (unshuffled PyDataset over the memory map), "
+            "then held in memory for the classifier's fit"
+        )
+    else:
+        fed = (
+            f"keras.utils.PyDataset over the memory map ({streaming.DEFAULT_WORKERS} reader "
+            f"threads, {streaming.DEFAULT_QUEUE} batches ahead, its own seeded order per "
+            "epoch); validation and test streamed unshuffled"
+        )
+    return {**choice.to_dict(), "fed": fed}
 
 
 def _compile_record(

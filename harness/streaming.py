@@ -45,6 +45,9 @@ from harness.datasets.loader import PreparedSplit, batch_order
 IN_MEMORY_MAX_BYTES = 256 << 20
 # ... and never more than this fraction of the memory available when the cell starts.
 IN_MEMORY_MAX_FRACTION = 0.25
+# Forces the path of every cell this process runs: auto (the default), memory or stream.
+ENV_INPUT_PATH = "BENCH_INPUT_PATH"
+INPUT_MODES = ("auto", "memory", "stream")
 DEFAULT_WORKERS = 2  # reader threads; 2 keep one batch ahead of a 2-core machine's steps
 DEFAULT_QUEUE = 4  # batches read ahead
 
@@ -139,8 +142,20 @@ def batches(
         reader.close()
 
 
+@dataclass(frozen=True)
+class Rows:
+    """Images and labels to stream that are not a whole prepared split (a split's memory
+    map sliced by the runner, or stand-in arrays held in memory)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
 def stream(
-    split: PreparedSplit,
+    split: PreparedSplit | Rows,
     batch_size: int,
     *,
     seed: int,
@@ -169,7 +184,7 @@ def _dataset_class() -> type:
 
         def __init__(
             self,
-            split: PreparedSplit,
+            split: PreparedSplit | Rows,
             batch_size: int,
             *,
             seed: int,
@@ -253,16 +268,29 @@ def available_memory() -> int | None:
     return None
 
 
+def requested_mode() -> str:
+    """The path every cell is asked to take: ``$BENCH_INPUT_PATH`` (auto, memory or
+    stream), "auto" when unset. A bad value is an InputError naming it."""
+    from harness.errors import InputError
+
+    mode = os.environ.get(ENV_INPUT_PATH, "").strip() or "auto"
+    if mode not in INPUT_MODES:
+        raise InputError(f"${ENV_INPUT_PATH} = {mode!r}: expected one of {', '.join(INPUT_MODES)}")
+    return mode
+
+
 def choose_input(
     data_bytes: int,
     *,
     mode: str = "auto",
     available: int | None = None,
+    source: str = f"${ENV_INPUT_PATH}",
 ) -> InputChoice:
     """``memory`` or ``stream`` for a cell whose splits hold ``data_bytes``.
 
-    ``mode``: "auto" (the rule below), "memory" or "stream" (forced, e.g. by a profile or a
-    test). Auto reads whole what is at most :data:`IN_MEMORY_MAX_BYTES` and at most
+    ``mode``: "auto" (the rule below), "memory" or "stream" (forced: ``$BENCH_INPUT_PATH``,
+    :func:`requested_mode`; ``source`` names who forced it in the reason). Auto reads
+    whole what is at most :data:`IN_MEMORY_MAX_BYTES` and at most
     :data:`IN_MEMORY_MAX_FRACTION` of ``available`` (default: ``MemAvailable`` now), and
     streams the rest.
     """
@@ -274,9 +302,9 @@ def choose_input(
         limit = min(limit, int(avail * IN_MEMORY_MAX_FRACTION))
     size = f"{data_bytes / 2**20:.1f} MiB"
     if mode == "memory":
-        return InputChoice("memory", f"forced (input_path = memory), {size}", data_bytes, limit)
+        return InputChoice("memory", f"forced ({source} = memory), {size}", data_bytes, limit)
     if mode == "stream":
-        return InputChoice("stream", f"forced (input_path = stream), {size}", data_bytes, limit)
+        return InputChoice("stream", f"forced ({source} = stream), {size}", data_bytes, limit)
     if mode != "auto":
         raise ValueError(f"input mode must be auto, memory or stream, got {mode!r}")
     if data_bytes <= limit:
@@ -296,6 +324,6 @@ def choose_input(
     )
 
 
-def split_bytes(*splits: PreparedSplit | None) -> int:
-    """Bytes of the images of these splits (None: absent split)."""
-    return sum(int(s.images.nbytes) for s in splits if s is not None)
+def split_bytes(*splits: PreparedSplit | np.ndarray | None) -> int:
+    """Bytes of the images of these splits, or of these image arrays (None: absent)."""
+    return sum(int(getattr(s, "images", s).nbytes) for s in splits if s is not None)

@@ -138,8 +138,9 @@ def measure_streaming(
 
     One model (MobileNetV2 alpha 0.35, ``strategy`` with random weights, batch 32, the
     harness's compile path), trained alternately on the prepared split ``name`` read whole
-    (uint8 arrays, ``fit(shuffle=True)``, as the runner does today) and streamed from the
-    cache (:func:`harness.streaming.stream`, reader threads prefetching). Each round is one
+    (uint8 arrays, ``fit(shuffle=True)``, the runner's path for small sets) and streamed
+    from the cache (:func:`harness.streaming.stream`, reader threads prefetching, the
+    runner's path for large sets). Each round is one
     ``fit`` of ``epochs`` epochs per path; every epoch is timed; the first ``fit`` of each
     path (tracing) is not counted. Ratio = median in-memory epoch / median streamed epoch.
     """
