@@ -90,14 +90,18 @@ def bench_all(work: Path, run_id: str, *more: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def serial(work: Path, bench_env: dict[str, str]) -> dict[str, CellResult]:
-    """Shard 1/2 and 2/2 (serial), merged: the reference cell set."""
+    """Shard 1/2 and 2/2 (each serial, side by side), merged: the reference cell set."""
     assert {shard_of(c, 2) for c in CELLS} == {1, 2}  # both shards have cells
-    for i in (1, 2):
-        proc = subprocess.run(
+    shards = [  # side by side: both record the same code revision (HEAD may move)
+        subprocess.Popen(
             bench_all(work, f"shard{i}", "--shard", f"{i}/2"), env=bench_env, cwd=REPO,
-            capture_output=True, text=True, timeout=1200,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
-        assert proc.returncode == 0, proc.stdout + proc.stderr
+        for i in (1, 2)
+    ]
+    for i, proc in enumerate(shards, 1):
+        out, _ = proc.communicate(timeout=1200)
+        assert proc.returncode == 0, out
         assert set(cells_of(work / "runs" / f"shard{i}")) == {
             c for c in CELLS if shard_of(c, 2) == i
         }
