@@ -94,9 +94,13 @@ def serial(work: Path, bench_env: dict[str, str]) -> dict[str, CellResult]:
     assert {shard_of(c, 2) for c in CELLS} == {1, 2}  # both shards have cells
     shards = [  # side by side: both record the same code revision (HEAD may move)
         subprocess.Popen(
-            bench_all(work, f"shard{i}", "--shard", f"{i}/2"), env=bench_env, cwd=REPO,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
+            bench_all(work, f"shard{i}", "--shard", f"{i}/2"),
+            env=bench_env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         for i in (1, 2)
     ]
     for i, proc in enumerate(shards, 1):
