@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import runkit
 
-from harness import backend, crossbackend, gpucheck, report, results
+from harness import backend, crossbackend, findings, gpucheck, report, results
 from harness.matrix import load_matrix
 
 REPO = Path(__file__).resolve().parent.parent
@@ -78,20 +78,62 @@ def test_jax_smoke_matrix_every_cell_ok(jax_smoke_run_dir: Path) -> None:
         assert "host max rss" in c.peak_memory_kind
 
 
+def did_not_learn(cell: results.CellResult) -> str | None:
+    """Why ``cell`` counts as not having learned (:func:`harness.findings.chance_check`), or
+    None when it learned (or cannot say)."""
+    check = findings.chance_check(cell)
+    return None if check is None or check.learned else findings.did_not_learn_note(check)
+
+
 @pytest.mark.slow
 def test_jax_accuracy_within_the_profile_tolerance_of_tensorflow(
     jax_smoke_run_dir: Path, smoke_run_dir: Path
 ) -> None:
+    """Each smoke cell on JAX against the same cell on TensorFlow.
+
+    The same seed draws different random numbers on each backend (Keras's generators are
+    the backend's own), so the head's initial weights, the flips and the shuffles differ: a
+    JAX cell is the TensorFlow cell at another seed, plus XLA's numerics. Measured on this
+    smoke recipe (synth-xray full-fine-tune, TensorFlow, seeds 0/1/2): test 72.0 / 82.5 /
+    76.5 %, best val 77.0 / 87.5 / 83.5 %: two seeds of one backend differ by up to 10.5
+    points, so a single cell pair is not held to the profile's ±tol (which is about
+    re-running the same backend, bit-identical on a CPU). What is asserted:
+
+    - every cell with pretrained weights learned on both backends (a backend fault, such
+      as BatchNorm in the wrong mode, costs tens of points and lands near chance);
+    - a cell that did not learn on either side is named, not compared: its accuracy there
+      is chance plus noise (the smoke's scratch recipe does not learn reliably);
+    - every compared cell pair within 2 × tol (seed noise), and each strategy's mean
+      difference over its datasets within tol (a systematic shift between the backends).
+    """
     tol = load_matrix("smoke").tolerances.accuracy_points
-    pairs = crossbackend.between_runs(
-        results.read_cells(jax_smoke_run_dir), results.read_cells(smoke_run_dir),
-        run_id="jax", base_run_id="tensorflow",
-    )  # fmt: skip
+    jax_cells = results.read_cells(jax_smoke_run_dir)
+    tf_cells = results.read_cells(smoke_run_dir)
+    pairs = crossbackend.between_runs(jax_cells, tf_cells, run_id="jax", base_run_id="tensorflow")
     assert len(pairs) == 12 and all(p.ok for p in pairs)
-    deltas = {p.key: (p.val_delta, p.test_delta) for p in pairs}
+    sides = {
+        "tensorflow": {crossbackend.cell_key(c): c for c in tf_cells},
+        "jax": {crossbackend.cell_key(c): c for c in jax_cells},
+    }
+    idle = {
+        p.key: {b: why for b, cells in sides.items() if (why := did_not_learn(cells[p.key]))}
+        for p in pairs
+    }
+    pretrained = {k for k, c in sides["tensorflow"].items() if c.config.get("weights") != "none"}
+    assert not {k: v for k, v in idle.items() if v and k in pretrained}, idle
+    compared = [p for p in pairs if not idle[p.key]]
+    deltas = {p.key: (p.val_delta, p.test_delta) for p in compared}
     print("TF -> JAX accuracy deltas (points):", json.dumps(deltas, indent=1))
-    outside = {k: d for k, d in deltas.items() if any(abs(x) > tol for x in d if x is not None)}
-    assert not outside, f"beyond ±{tol} points: {outside}"
+    print("not compared (did not learn):", json.dumps({k: v for k, v in idle.items() if v}))
+    outside = {k: d for k, d in deltas.items() if any(abs(x) > 2 * tol for x in d if x)}
+    assert not outside, f"beyond ±{2 * tol} points: {outside}"
+    by_strategy: dict[str, list[float]] = {}
+    for p in compared:
+        by_strategy.setdefault(p.strategy, []).extend(
+            d for d in (p.val_delta, p.test_delta) if d is not None
+        )
+    means = {s: sum(v) / len(v) for s, v in by_strategy.items()}
+    assert not {s: m for s, m in means.items() if abs(m) > tol}, means
 
 
 @pytest.mark.slow
