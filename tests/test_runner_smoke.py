@@ -1,6 +1,8 @@
 """The smoke matrix from the CLI (``smoke_run_dir``, run once per session) and what it shows.
 
 - every cell runs to completion and every result file validates against its schema;
+- every pretrained cell learned, scratch beats chance on synth-xray by 20 points (not on the
+  shape targets: a strict xfail, README "Not done");
 - pretrained weights are really used: on the similar-domain target (synth-few) the
   pretrained feature extractor beats the same frozen head on a random backbone by a wide
   margin, and on the many-class target (synth-many) it is far above chance — the
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import results
+from harness import findings, results
 from harness.matrix import load_matrix
 
 REPO = Path(__file__).resolve().parent.parent
@@ -89,3 +91,38 @@ def test_pretrained_weights_are_really_used(
     assert many.best_val_accuracy is not None and many.best_val_accuracy >= 10 * chance, (
         many.best_val_accuracy
     )
+
+
+SCRATCH_MARGIN_POINTS = 20.0  # measured best val 84.0-91.5 % on synth-xray, seeds 0-2 (chance 50 %)
+
+
+def _did_not_learn(c: results.CellResult) -> bool:
+    check = findings.chance_check(c)
+    assert check is not None, f"{c.cell_id}: no class count or val size to judge chance by"
+    return not check.learned
+
+
+@pytest.mark.slow
+def test_every_pretrained_cell_and_scratch_on_xray_beat_chance(smoke_run_dir: Path) -> None:
+    """Every strategy with pretrained weights learned on every target (findings' binomial
+    bar), and scratch on the 2-class x-ray target beats chance by a stated margin: 20 points
+    (10 epochs at 1e-2 with BatchNorm momentum 0.9)."""
+    cells = results.read_cells(smoke_run_dir)
+    idle = [c.cell_id for c in cells if c.strategy != "scratch" and _did_not_learn(c)]
+    assert not idle, idle
+    xray = cell(smoke_run_dir, "synth-xray/scratch/float32/s0")
+    chance = 1 / xray.config["effective"]["num_classes"]
+    assert xray.best_val_accuracy is not None
+    margin = 100 * (xray.best_val_accuracy - chance)
+    assert margin >= SCRATCH_MARGIN_POINTS, f"synth-xray scratch: {margin:.1f} points over chance"
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="known limit (README, Not done): MobileNetV2 from scratch at 32 px does not learn "
+    "the shape targets in a CI budget; when it does, this test fails: update the README",
+)
+def test_scratch_learns_the_shape_targets(smoke_run_dir: Path) -> None:
+    for target in ("synth-few", "synth-many"):
+        assert not _did_not_learn(cell(smoke_run_dir, f"{target}/scratch/float32/s0")), target
