@@ -2,7 +2,7 @@
 
 - The pure verdict (:func:`harness.ab.verdict`) on step times recorded on this 2-core
   machine, 8 rounds of fresh processes with identical code on both sides
-  (tests/material/README.md says how): identical code gives no alarm (where a per-step
+  (tests/recorded/README.md says how): identical code gives no alarm (where a per-step
   test raises one), the same samples with B 20 % slower are caught while 10 % is not
   significant in 8 rounds on this machine, too few rounds give "not enough data".
 - Real runs in a test repository (a copy of this project's files, committed; then a
@@ -32,7 +32,7 @@ import pytest
 from harness import ab, stats
 
 REPO = Path(__file__).resolve().parent.parent
-MATERIAL = REPO / "tests" / "material" / "ab-samples.json"
+MATERIAL = REPO / "tests" / "recorded" / "ab-samples.json"
 CELL = "tiny/full-fine-tune-random/float32/s0"
 
 TINY = """\
@@ -352,11 +352,14 @@ def _commit_of(repo: Path, rev: str) -> str:
 
 
 def test_ctrl_c_removes_the_worktrees(test_repo: Path, tmp_path: Path) -> None:
+    """SIGINT as a terminal's Ctrl-C delivers it (restored to the default in the child: a
+    test run started as a background job would otherwise pass on SIGINT ignored)."""
     env = _env(test_repo, tmp_path)
     proc = subprocess.Popen(
         [sys.executable, "-m", "harness.cli", "ab", "HEAD", "--profile", "ab-tiny", "--only",
          "full-fine-tune", "--rounds", "3"],
         cwd=test_repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     deadline = time.monotonic() + 600
     while len(_worktrees(test_repo)) < 3 and time.monotonic() < deadline:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -41,11 +42,17 @@ def _home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Ten nights of history (a throughput step at night 6, a second machine for the last
-    three nights, a platform change on the last night), a baseline, two reports; the site."""
+    three nights, a platform change on the last night), a baseline, two reports; the site.
+    BENCH_HOME points at it while the module runs, and is restored after it."""
     root = tmp_path_factory.mktemp("dash")
-    os.environ["BENCH_HOME"] = str(root)  # module scope: no monkeypatch
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BENCH_HOME", str(root))
+        yield _build_site(root)
+
+
+def _build_site(root: Path) -> Path:
     runs = root / "reports" / "runs"
     env = nightly.environment()
     nights = [

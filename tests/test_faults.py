@@ -434,6 +434,12 @@ def test_8_signals_stop_the_cell_and_print_the_resume_command(
         f"bench all --profile smoke --only {CELL} --run-id sig --runs-dir {runs} "
         "--dry-run --no-compare --resume"
     )
+    # The cell ends with the run: stopped by it, or, when the signal came while the cell's
+    # process was still being spawned, by PR_SET_PDEATHSIG as the run exits (asynchronous:
+    # a few milliseconds on a busy machine, hence the short wait).
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not any(alive(pid) for pid in children), "the cell's process outlived the run"
     assert list((runs / "sig" / "cells").glob("*")) == []  # the stopped cell: not recorded
     no_temporary_files(runs)
