@@ -17,31 +17,22 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
+
+from harness.results import Spread
 
 
 @dataclass(frozen=True)
-class RepeatStats:
-    """Spread of one figure across repeats (e.g. the median step time of each repeat).
+class RepeatStats(Spread):
+    """Spread of one figure across repeats (e.g. the median step time of each repeat): the
+    result records' :class:`~harness.results.Spread`, refusing non-finite values, with the
+    coefficient of variation and the relative IQR.
 
     ``cv`` is the sample standard deviation over the mean (0 for a single repeat);
     ``relative_iqr`` the IQR over the median, the figure :mod:`harness.compare` allows
     for as noise.
     """
-
-    n: int
-    median: float
-    p25: float
-    p75: float
-    mean: float
-    stdev: float
-    min: float
-    max: float
-
-    @property
-    def iqr(self) -> float:
-        return self.p75 - self.p25
 
     @property
     def cv(self) -> float:
@@ -54,29 +45,14 @@ class RepeatStats:
     @classmethod
     def of(cls, values: Sequence[float]) -> RepeatStats:
         """From per-repeat values (at least one, each finite)."""
-        vals = sorted(float(v) for v in values)
+        vals = [float(v) for v in values]
         if not vals:
             raise ValueError("RepeatStats.of needs at least one value, got none")
         bad = [v for v in vals if not math.isfinite(v)]
         if bad:
             raise ValueError(f"RepeatStats.of needs finite values, got {bad[0]!r}")
-        if len(vals) >= 2:
-            q = statistics.quantiles(vals, n=4, method="inclusive")
-            p25, p75 = q[0], q[2]
-            stdev = statistics.stdev(vals)
-        else:
-            p25 = p75 = vals[0]
-            stdev = 0.0
-        return cls(
-            n=len(vals),
-            median=statistics.median(vals),
-            p25=p25,
-            p75=p75,
-            mean=statistics.fmean(vals),
-            stdev=stdev,
-            min=vals[0],
-            max=vals[-1],
-        )
+        spread = Spread.of(vals)
+        return cls(**{f.name: getattr(spread, f.name) for f in fields(Spread)})
 
     def to_dict(self) -> dict[str, float | int]:
         """The summary as plain JSON, with the derived IQR and CV spelled out."""
