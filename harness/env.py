@@ -12,7 +12,7 @@ says, in words, which of those differ between two fingerprints (``bench compare`
 report print it).
 
 Hardware identity (whether throughput is comparable): ``cpu.model``, ``cpu.count``,
-``gpu.name``, ``gpu.count``, ``backend`` and the framework versions — see
+``gpu.name``, ``gpu.count``, ``backend``, Keras and that backend's framework version — see
 :func:`hardware_identity`. The container image id is recorded but not part of it.
 """
 
@@ -265,15 +265,21 @@ def fingerprint(backend_name: str | None = None) -> dict[str, Any]:
 
 
 def hardware_identity(fp: dict[str, Any]) -> dict[str, Any]:
-    """The part of a fingerprint that must match for throughput to be comparable."""
+    """The part of a fingerprint that must match for throughput to be comparable: the
+    machine, Keras, the run's backend and that framework's version. Another framework that
+    happens to be installed does not count (a TensorFlow run from an environment with the
+    jax extra compares with one from an environment without it)."""
     gpu = fp.get("gpu") or {}
     cpu = fp.get("cpu") or {}
+    name = fp.get("backend")
     return {
         "cpu.model": cpu.get("model"),
         "cpu.count": cpu.get("count"),
         "gpu.name": gpu.get("name"),
         "gpu.count": gpu.get("count"),
-        **{k: fp.get(k) for k in ("backend", "tensorflow", "jax", "torch", "keras")},
+        "backend": name,
+        "keras": fp.get("keras"),
+        **{k: fp.get(k) for k in ("tensorflow", "jax", "torch") if k == name},
     }
 
 

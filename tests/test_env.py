@@ -36,6 +36,15 @@ def test_fingerprint_has_the_contract_keys(monkeypatch: pytest.MonkeyPatch) -> N
     json.dumps(fp)  # plain JSON
     ident = env.hardware_identity(fp)
     assert "container.image_id" not in ident and ident["cpu.count"] == fp["cpu"]["count"]
+    # another installed framework is not part of it: the same TensorFlow run, with and
+    # without the jax extra, is the same hardware (a newcomer's env vs the test env)
+    tf_run = {**fp, "backend": "tensorflow", "tensorflow": "2.21.0"}
+    assert env.hardware_identity({**tf_run, "jax": "0.10.2"}) == env.hardware_identity(
+        {**tf_run, "jax": None}
+    )
+    assert env.hardware_identity({**tf_run, "tensorflow": "2.22.0"}) != env.hardware_identity(
+        tf_run
+    )
 
 
 def test_container_provenance_from_the_environment(
