@@ -14,7 +14,8 @@ What counts as a regression (and, mirrored, an improvement):
   median may sit anywhere in its own IQR band, so half of each band, summed, is what
   noise alone can move the ratio by. Regression when ``ratio < 1 - allowed``.
   Throughput is gated only when the hardware identity of the two environment
-  fingerprints matches (:data:`HARDWARE_KEYS`); otherwise it is shown, not gated.
+  fingerprints matches (:func:`harness.env.hardware_identity`); otherwise it is shown,
+  not gated.
 
 Cell verdicts: ``regression`` (a gated metric dropped beyond its allowance),
 ``improvement`` (one rose beyond it, none dropped), ``within noise``, ``missing`` (in the
@@ -57,25 +58,12 @@ COMPARISON_SCHEMA = 1
 
 DEFAULT_TOLERANCES: dict[str, float] = {"accuracy_points": 2.0, "throughput_relative": 0.10}
 
-# Fingerprint keys (dotted into nested dicts) that must match for throughput to be gated.
-HARDWARE_KEYS: tuple[str, ...] = (
-    "cpu.model",
-    "cpu.count",
-    "gpu.name",
-    "gpu.count",
-    "backend",
-    "tensorflow",
-    "jax",
-    "torch",
-    "keras",
-)
-
 # Without these on both sides the hardware is unknown, so throughput is not gated.
 REQUIRED_HARDWARE_KEYS: tuple[str, ...] = ("cpu.model", "backend")
 
 # Config keys (dotted) that describe where and how a cell ran rather than what it computed:
 # paths on this machine, the devices seen, backend-specific switches. The hardware and
-# backend themselves are judged from the environment fingerprint (HARDWARE_KEYS).
+# backend themselves are judged from the environment fingerprint (env.hardware_identity).
 IGNORED_CONFIG_KEYS: frozenset[str] = frozenset(
     {
         "run_id",
@@ -217,11 +205,12 @@ def hardware_differences(base_env: dict[str, Any], run_env: dict[str, Any]) -> d
     A key of :data:`REQUIRED_HARDWARE_KEYS` that is unknown on either side counts as a
     difference: two fingerprints that both lack the CPU model do not prove the same machine.
     """
-    fb, fr = flatten(base_env), flatten(run_env)
-    out = {k: (fb.get(k), fr.get(k)) for k in HARDWARE_KEYS if fb.get(k) != fr.get(k)}
+    ib, ir = env.hardware_identity(base_env), env.hardware_identity(run_env)
+    keys = [*ib, *(k for k in ir if k not in ib)]
+    out = {k: (ib.get(k), ir.get(k)) for k in keys if ib.get(k) != ir.get(k)}
     for k in REQUIRED_HARDWARE_KEYS:
-        if fb.get(k) is None or fr.get(k) is None:
-            out[k] = (fb.get(k, "unknown"), fr.get(k, "unknown"))
+        if ib.get(k) is None or ir.get(k) is None:
+            out[k] = (ib.get(k) or "unknown", ir.get(k) or "unknown")
     return out
 
 
