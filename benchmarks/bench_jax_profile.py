@@ -45,7 +45,7 @@ os.environ.setdefault("JAX_ENABLE_COMPILATION_CACHE", "false")
 import keras
 import numpy as np
 
-from harness import backend, strategies
+from harness import backend, strategies, timing
 from harness.matrix import CellSpec
 
 SIZE, BATCH, CLASSES = 32, 32, 5
@@ -53,13 +53,7 @@ SIZE, BATCH, CLASSES = 32, 32, 5
 
 def timed(fn: Callable[[], Any], sync: Callable[[Any], Any], steps: int, warmup: int) -> float:
     """Median milliseconds of ``fn()`` (its result waited for) after ``warmup`` calls."""
-    for _ in range(warmup):
-        sync(fn())
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        sync(fn())
-        times.append(time.perf_counter() - t0)
+    _, times = timing.time_calls(lambda: sync(fn()), warmup=warmup, steps=steps)
     return 1000 * statistics.median(times)
 
 
@@ -186,22 +180,14 @@ def profile_tf(built: strategies.Built, x: np.ndarray, y: np.ndarray, a: Any) ->
 
 
 def fit_step_ms(built: strategies.Built, x: np.ndarray, y: np.ndarray, steps: int) -> float:
-    """Median step of ``fit``'s second epoch (``steps`` steps), via a batch-end callback."""
-    times: list[float] = []
+    """Median step of ``fit``'s second epoch (``steps`` steps), timed by the harness's own
+    step timer (it waits for the device)."""
     model = built.model
-
-    class Clock(keras.callbacks.Callback):
-        def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
-            self.t0 = time.perf_counter()
-
-        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
-            backend.sync(model)
-            times.append(time.perf_counter() - self.t0)
-
     xs, ys = np.concatenate([x] * steps), np.concatenate([y] * steps)
     model.fit(xs, ys, batch_size=BATCH, epochs=1, verbose=0, shuffle=False)
-    model.fit(xs, ys, batch_size=BATCH, epochs=1, verbose=0, shuffle=False, callbacks=[Clock()])
-    return 1000 * statistics.median(times)
+    clock = timing.StepTimer(0)
+    model.fit(xs, ys, batch_size=BATCH, epochs=1, verbose=0, shuffle=False, callbacks=[clock])
+    return 1000 * statistics.median(clock.segments[-1])
 
 
 def main() -> None:
