@@ -88,6 +88,16 @@ def placement() -> dict[str, Any]:
     }
 
 
+def plan_threads(cell: Any) -> Any:
+    """Choose and set this cell's thread counts (:mod:`harness.threads`) before any
+    framework starts its pools; the plan is recorded in the result."""
+    from harness import threads
+
+    chosen = threads.plan(image_size=cell.image_size, alpha=cell.alpha, batch_size=cell.batch_size)
+    threads.apply(chosen)
+    return chosen
+
+
 def main(argv: list[str] | None = None) -> int:
     die_with_parent()
     apply_affinity()
@@ -109,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cell = CellSpec(**json.loads(args.cell_json))
     backend_name = args.backend or cell.backend or backend.configured_backend()
+    thread_plan = plan_threads(cell)
     backend.prepare_process(backend_name, deterministic=cell.deterministic)
     t0 = time.perf_counter()
     import keras  # noqa: F401  (the backend import is part of the process start cost)
@@ -120,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     start_cost = None if args.spawned_at is None else ready - args.spawned_at
     emit("ready", cell=cell.cell_id, start_seconds=start_cost, backend=backend_name)
     process = {"start_to_ready_s": start_cost, "backend_import_s": time.perf_counter() - t0}
-    placed = placement()
+    placed = {**placement(), "thread_plan": thread_plan.to_dict()}
     try:
         result = runner.run_cell(
             cell,
@@ -129,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
             allow_unpinned=args.allow_unpinned,
             run_dir=None if args.no_tensorboard else args.run_dir,
         )
+        from harness.env import imported_distributions
+
+        process["imports"] = imported_distributions()
         result = _with_extra(result, process=process, placement=placed)
     except runner.PrecisionUnsupported as exc:
         status = "skipped" if cell.skip_if_unsupported else "failed"

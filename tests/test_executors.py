@@ -381,7 +381,10 @@ def test_devices_pin_one_gpu_per_slot_and_jobs_divide_the_cores() -> None:
     assert divide(3, cpus=[0, 1])[2].oversubscribed
     jobs = from_options(jobs=2)
     assert jobs.describe()["throughput_shared"] is True
-    assert jobs.slot_env(jobs.slots[0])["OMP_NUM_THREADS"] == str(jobs.slots[0].threads)
+    slot_env = jobs.slot_env(jobs.slots[0])
+    # the slot pins cores; the cell picks its threads within them (harness.threads)
+    assert slot_env["BENCH_CPU_AFFINITY"] == ",".join(map(str, jobs.slots[0].cpus))
+    assert "OMP_NUM_THREADS" not in slot_env
     assert from_options().name == "serial"
     for kwargs, match in (
         ({"devices": "0,0"}, "named twice"),

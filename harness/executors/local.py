@@ -5,17 +5,20 @@ process's environment before any framework starts:
 
 - the cores: the usable cores divided evenly between slots, the cell process pinned to
   its share (``sched_setaffinity``, which TensorFlow's, XLA's and OpenMP's thread pools
-  size themselves by) and ``OMP/MKL/OPENBLAS_NUM_THREADS``, ``TF_NUM_INTRAOP_THREADS``
-  and ``TF_NUM_INTEROP_THREADS`` set to that share (with more slots than cores, one core
-  each, shared: said so as ``oversubscribed``);
+  size themselves by); the cell then picks its thread counts within that share by the
+  same rule as a serial cell (:mod:`harness.threads`), so a cell computes the same
+  numbers under ``--jobs`` as serially whenever the rule gives it the same intra-op
+  threads (with more slots than cores, one core each, shared: said so as
+  ``oversubscribed``);
 - with ``--devices``: one GPU per slot, pinned with ``CUDA_VISIBLE_DEVICES`` (the cell sees
   it as its only GPU).
 
 Every cell records its slot, cores, thread settings and device in ``extra.placement``,
 and the run's fingerprint records the division (``environment.executor``). Cells that ran
 while others shared the CPU (``--jobs`` > 1) are marked ``shared``: their throughput was
-measured under sharing, and the report says so. Op determinism makes a cell's numbers
-independent of its thread count on a CPU, so ``--jobs`` changes no result (tested).
+measured under sharing, and the report says so. The intra-op thread count changes the
+last bits of a result (op determinism fixes the order of work for one thread count, not
+across counts), so each cell records its thread plan and the comparison keys on it.
 """
 
 from __future__ import annotations
@@ -35,13 +38,6 @@ from harness.executors import process
 from harness.executors.base import CellJob, Executor, Hooks
 from harness.executors.serial import ended
 
-THREAD_VARS = (
-    "OMP_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "TF_NUM_INTRAOP_THREADS",
-    "TF_NUM_INTEROP_THREADS",
-)
 _WAIT_S = 0.5  # the main thread wakes this often, so a signal is handled promptly
 
 
@@ -148,8 +144,7 @@ class LocalExecutor(Executor):
         }
 
     def slot_env(self, slot: Slot) -> dict[str, str]:
-        env = {var: str(slot.threads) for var in THREAD_VARS}
-        env[process.AFFINITY_ENV] = ",".join(str(c) for c in slot.cpus)
+        env = {process.AFFINITY_ENV: ",".join(str(c) for c in slot.cpus)}
         if slot.device is not None:
             env["CUDA_VISIBLE_DEVICES"] = slot.device
         env[process.PLACEMENT_ENV] = json.dumps(
