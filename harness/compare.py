@@ -1,97 +1,123 @@
-"""Compare a run with its profile's baseline: per-cell deltas, noise-aware verdicts, exit code.
+"""Compare a run with a baseline: per-cell verdicts in two tiers, matrix-wide checks, exit code.
 
-What counts as a regression (and, mirrored, an improvement):
+**Exact tier.** Where the run's reproducibility key is the baseline's
+(:mod:`harness.reprokey`: machine type, lock, backend and its version, thread rule) and a
+cell's config, op determinism and intra-op threads match too, the cell must reproduce its
+baseline bit for bit: history, summary accuracies and weights digest. Any difference is
+the verdict ``changed`` (the gate fails), naming the first epoch and metric that diverged
+(:mod:`harness.exact`); a cell that reproduced is ``identical``.
 
-* **Accuracy** (best validation accuracy, and test accuracy when both sides have it),
-  in percentage points: ``delta = 100 * (run - baseline)``. The allowed drop is the
-  profile's ``accuracy_points`` tolerance plus the seed noise: for cells repeated over
-  seeds (same dataset/strategy/precision), half the range (max - min) of that metric
-  across seeds on each side, summed. With one seed per cell the noise term is 0.
-* **Throughput** (train, and inference when both sides have it), as the ratio
-  ``run / baseline`` of the median images/s. The allowed relative drop is
-  ``throughput_relative + (spread_baseline + spread_run) / 2`` where ``spread`` is
-  :attr:`Throughput.relative_spread` (inter-quartile range of the rate / median): each
-  median may sit anywhere in its own IQR band, so half of each band, summed, is what
-  noise alone can move the ratio by. Regression when ``ratio < 1 - allowed``.
-  Throughput is gated only when the hardware identity of the two environment
-  fingerprints matches (:func:`harness.env.hardware_identity`); otherwise it is shown,
-  not gated.
+**Statistical tier.** Elsewhere, accuracy and throughput are judged against allowances
+calibrated by measured noise (:mod:`harness.noise`): accuracy by a quasi-binomial model
+fitted to the baseline's noise seeds, throughput by the spread between processes in the
+baseline's repeats and this key's history. Each limit states the false-alarm rate it
+implies; the rates are split over every test of the comparison (Bonferroni) so the run's
+rate is the profile's ``false_alarm_rate``. A matrix-wide accuracy check (Stouffer's
+combined z over the statistical-tier cells) catches a small drop present in every cell.
+Limits are symmetric: an improvement is as hard to earn as a regression.
 
-Cell verdicts: ``regression`` (a gated metric dropped beyond its allowance),
-``improvement`` (one rose beyond it, none dropped), ``within noise``, ``missing`` (in the
-baseline, not in the run), ``new`` (in the run, not in the baseline), ``failed`` (the
-run's cell failed), ``not comparable`` (different config for the same cell id, a cell
-skipped in the run, or not ok in the baseline). Exit 1 on any regression or failed
-cell, else 0; bad input (baseline of another profile or schema, unreadable file) is an
-InputError (exit 2).
+Throughput is gated only between runs with the same hardware identity
+(:func:`harness.env.hardware_identity`; and not with ``accuracy_only``); otherwise shown.
+
+Cell verdicts: ``regression``, ``changed`` (exact tier), ``failed``, ``not comparable``
+(another config for the same cell id, skipped in the run, not ok in the baseline),
+``missing`` (in the baseline, not in the run), ``new`` (in the run, not in the
+baseline), ``improvement``, ``identical`` (exact tier, throughput within noise),
+``within noise``.
+
+Exit code (:attr:`Comparison.exit_code`): 1 on a regression, a changed or failed cell or
+a matrix-wide regression; else 4 when the gate compared fewer of the run's cells than the
+profile's ``min_compared`` asks (a gate that compared nothing must not pass); else 0.
+Bad input (a baseline of another profile or schema, an unreadable file) is an InputError
+(exit 2).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections import defaultdict
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+import statistics
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from tabulate import tabulate
 
-from harness import baseline as baseline_mod
-from harness import crossbackend, env, jsonio, results
+from harness import crossbackend, env, exact, jsonio, noise, reprokey
 from harness.baseline import Baseline
-from harness.errors import EXIT_FAILURE, EXIT_OK, InputError
+from harness.errors import EXIT_FAILURE, EXIT_NOT_COMPARED, EXIT_OK
 from harness.results import CellResult, RunInfo, Throughput
 
 REGRESSION = "regression"
+CHANGED = "changed"
 IMPROVEMENT = "improvement"
+IDENTICAL = "identical"
 WITHIN_NOISE = "within noise"
 MISSING = "missing"
 NEW = "new"
 FAILED = "failed"
 NOT_COMPARABLE = "not comparable"
-VERDICTS = (REGRESSION, FAILED, NOT_COMPARABLE, MISSING, NEW, IMPROVEMENT, WITHIN_NOISE)
+VERDICTS = (
+    REGRESSION,
+    CHANGED,
+    FAILED,
+    NOT_COMPARABLE,
+    MISSING,
+    NEW,
+    IMPROVEMENT,
+    IDENTICAL,
+    WITHIN_NOISE,
+)
+COMPARED = (REGRESSION, CHANGED, IMPROVEMENT, IDENTICAL, WITHIN_NOISE)
+FAILING = (REGRESSION, CHANGED, FAILED)
+
+EXACT = "exact"
+STATISTICAL = "statistical"
+
+# The run's false-alarm rate is shared by three families of tests, then split evenly within
+# each (Bonferroni): the few matrix-wide accuracy checks, which see a small drop in every
+# cell, get as much as all per-cell accuracy tests together; throughput gets half.
+ACCURACY, MATRIX, THROUGHPUT = "accuracy per cell", "accuracy matrix-wide", "throughput per cell"
+FAMILY_SHARES: dict[str, float] = {ACCURACY: 1.0, MATRIX: 1.0, THROUGHPUT: 2.0}
 
 COMPARISON_KIND = "transfer-bench.comparison"
-COMPARISON_SCHEMA = 1
+COMPARISON_SCHEMA = 2
 
-DEFAULT_TOLERANCES: dict[str, float] = {"accuracy_points": 2.0, "throughput_relative": 0.10}
+DEFAULT_TOLERANCES: dict[str, float] = {
+    "accuracy_points": 2.0,
+    "throughput_relative": 0.10,
+    "false_alarm_rate": noise.DEFAULT_FALSE_ALARM,
+    "min_compared": 1.0,
+}
 
 # Without these on both sides the hardware is unknown, so throughput is not gated.
 REQUIRED_HARDWARE_KEYS: tuple[str, ...] = ("cpu.model", "backend")
 
-# Config keys (dotted) that describe where and how a cell ran rather than what it computed:
-# paths on this machine, the devices seen, backend-specific switches. The hardware and
-# backend themselves are judged from the environment fingerprint (env.hardware_identity).
-IGNORED_CONFIG_KEYS: frozenset[str] = frozenset(
-    {
-        "run_id",
-        "run_dir",
-        "out_dir",
-        "output_dir",
-        "cell_id",
-        "started_at",
-        "weights_file",
-        "devices",
-        "determinism",
-        "data_note",
-        "optimizer.implementation",
-    }
+ACCURACY_METRICS: tuple[tuple[str, str, str], ...] = (
+    # attribute, label, the config field holding the evaluated split's size
+    ("best_val_accuracy", "best val accuracy", "val_examples"),
+    ("test_accuracy", "test accuracy", "test_examples"),
+)
+THROUGHPUT_METRICS: tuple[tuple[str, str, str], ...] = (
+    ("train_throughput", "train throughput", "train"),
+    ("inference_throughput", "inference throughput", "inference"),
 )
 
-ACCURACY_METRICS: tuple[tuple[str, str], ...] = (
-    ("best_val_accuracy", "best val accuracy"),
-    ("test_accuracy", "test accuracy"),
-)
+flatten = reprokey.flatten
+config_differences = reprokey.config_differences
+IGNORED_CONFIG_KEYS = reprokey.IGNORED_CONFIG_KEYS
 
 
 @dataclass(frozen=True)
 class MetricDelta:
     """One metric of one cell: both values, the change, the allowance and its verdict.
 
-    For accuracy ``change`` is in points and ``allowed`` in points; for throughput
-    ``change`` is the ratio run/baseline and ``allowed`` the tolerated relative drop.
+    Accuracy: ``change`` in points against ``baseline`` (the baseline's value, or the mean
+    of its seeds in the statistical tier), ``allowed`` in points. Throughput: ``change`` is
+    the ratio run/baseline, ``allowed`` the relative drop tolerated, ``low``/``high`` the
+    ratio bounds. ``alpha`` is the false-alarm rate the limit implies for this test (None:
+    exact, or not calibrated).
     """
 
     metric: str  # "best val accuracy", "test accuracy", "train throughput", …
@@ -101,28 +127,38 @@ class MetricDelta:
     change: float
     allowed: float
     gated: bool
-    verdict: str  # REGRESSION, IMPROVEMENT or WITHIN_NOISE (not gated: never REGRESSION)
+    verdict: str  # REGRESSION, IMPROVEMENT, WITHIN_NOISE, IDENTICAL or CHANGED
     note: str = ""
+    low: float | None = None
+    high: float | None = None
+    alpha: float | None = None
+    se: float | None = None
 
     def describe(self) -> str:
         if self.unit == "points":
             text = f"{self.metric} {self.change:+.2f} pts (allowed ±{self.allowed:.2f})"
         else:
-            text = (
-                f"{self.metric} x{self.change:.3f} ({(self.change - 1) * 100:+.1f}%, "
-                f"allowed ±{self.allowed * 100:.1f}%)"
+            band = (
+                f"x{self.low:.3f}-x{self.high:.3f}"
+                if self.low is not None and self.high is not None
+                else f"±{self.allowed * 100:.1f}%"
             )
+            pct = (self.change - 1) * 100
+            text = f"{self.metric} x{self.change:.3f} ({pct:+.1f}%, allowed {band})"
         return text if self.gated else f"{text} [not gated]"
 
 
 @dataclass(frozen=True)
 class CellComparison:
-    """The verdict of one cell id and the metrics behind it."""
+    """The verdict of one cell id, its tier and the metrics behind it."""
 
     cell_id: str
     verdict: str
     metrics: tuple[MetricDelta, ...] = ()
     reason: str = ""
+    tier: str = ""  # EXACT, STATISTICAL, or "" where nothing was compared
+    divergence: str = ""  # exact tier: the first value that differs
+    run_ok: bool = False  # the run's cell ran and produced a result (the gate should judge it)
 
     def metric(self, name: str) -> MetricDelta | None:
         return next((m for m in self.metrics if m.metric == name), None)
@@ -141,23 +177,61 @@ class Comparison:
     hardware_differences: dict[str, tuple[Any, Any]]  # key -> (baseline, run)
     environment_differences: dict[str, tuple[Any, Any]]
     cells: tuple[CellComparison, ...] = field(default=())
-    # What differs in what decides reproducibility (lock, packages, numpy SIMD/BLAS, CPU
-    # numerics flags, threads, dirty checkout), in words: env.reproducibility_differences.
+    # What differs in what decides reproducibility (lock, packages the cells import, numpy
+    # SIMD/BLAS, CPU numerics flags, threads, dirty checkout), in words.
     reproducibility_differences: tuple[str, ...] = field(default=())
     # Backends side by side (harness.crossbackend): against a run folder as the baseline,
     # or between the backends of a run that has several.
     backends: tuple[crossbackend.Pair, ...] = field(default=())
+    tier: str = STATISTICAL  # EXACT when the run key is the baseline's
+    run_key_id: str = ""
+    baseline_key_id: str = ""
+    key_differences: tuple[str, ...] = ()
+    selection: str = ""  # how the baseline was chosen
+    noise_models: tuple[str, ...] = ()  # what calibrated the statistical tier, in words
+    matrix_checks: tuple[noise.Combined, ...] = ()
+    tests: int = 0  # statistical tests the false-alarm rate is split over
+    throughput_note: str = ""
 
     def count(self, verdict: str) -> int:
         return sum(1 for c in self.cells if c.verdict == verdict)
 
     @property
+    def ok_run_cells(self) -> int:
+        """The run's cells that ran and produced results (what the gate should judge)."""
+        return sum(1 for c in self.cells if c.run_ok)
+
+    @property
+    def compared(self) -> int:
+        return sum(1 for c in self.cells if c.verdict in COMPARED)
+
+    @property
+    def required(self) -> int:
+        """How many cells the gate must compare: ``min_compared`` of the run's ok cells, and
+        at least one (a run that measured nothing has nothing to pass with)."""
+        judged = self.ok_run_cells
+        return max(1, math.ceil(self.tolerances.get("min_compared", 1.0) * judged - 1e-9))
+
+    @property
+    def matrix_regression(self) -> bool:
+        return any(m.verdict == REGRESSION for m in self.matrix_checks)
+
+    @property
+    def incomplete(self) -> bool:
+        return self.compared < self.required
+
+    @property
     def exit_code(self) -> int:
-        bad = self.count(REGRESSION) + self.count(FAILED)
-        return EXIT_FAILURE if bad else EXIT_OK
+        if any(self.count(v) for v in FAILING) or self.matrix_regression:
+            return EXIT_FAILURE
+        if self.incomplete:
+            return EXIT_NOT_COMPARED
+        return EXIT_OK
 
     def environment_line(self) -> str:
         """Says whether throughput was gated, and why not when it was not."""
+        if self.throughput_note:
+            return f"throughput NOT gated ({self.throughput_note}); accuracy still gated."
         if self.throughput_gated:
             return "throughput gated: same hardware identity as the baseline; accuracy gated."
         diffs = "; ".join(
@@ -165,12 +239,52 @@ class Comparison:
         )
         return f"throughput NOT gated (hardware differs: {diffs}); accuracy still gated."
 
+    def tier_line(self) -> str:
+        """Which tier applied and why, in one line."""
+        exact_cells = sum(1 for c in self.cells if c.tier == EXACT)
+        stat_cells = sum(1 for c in self.cells if c.tier == STATISTICAL)
+        head = (
+            f"exact tier: run key {self.run_key_id} = baseline key; {exact_cells} cell(s) "
+            "must reproduce bit for bit"
+            if self.tier == EXACT
+            else f"statistical tier: run key {self.run_key_id} != baseline key "
+            f"{self.baseline_key_id} ({'; '.join(self.key_differences) or 'key incomplete'})"
+        )
+        if self.tier == EXACT and stat_cells:
+            head += f"; {stat_cells} cell(s) statistical (see notes)"
+        return head
+
+    def gate_line(self) -> str | None:
+        """Why the gate cannot pass for lack of comparison (None: enough was compared)."""
+        if not self.incomplete:
+            return None
+        fields = Counter(
+            f for c in self.cells if c.verdict == NOT_COMPARABLE for f in _config_fields(c.reason)
+        )
+        why = ""
+        if fields:
+            named = ", ".join(f"{f} ({n} cells)" for f, n in fields.most_common(4))
+            why = f"; config differs from the baseline in: {named}"
+        others = Counter(
+            c.verdict for c in self.cells if c.verdict not in COMPARED and c.verdict != MISSING
+        )
+        listed = ", ".join(f"{n} {v}" for v, n in others.items())
+        return (
+            f"GATE OFF: {self.compared} of {self.ok_run_cells} cells compared, "
+            f"{self.required} required ({listed}){why}; run the profile the baseline was "
+            "accepted from, or accept a new baseline (bench baseline accept RUN)"
+        )
+
     def summary(self) -> str:
         counts = ", ".join(f"{self.count(v)} {v}" for v in VERDICTS if self.count(v))
-        outcome = "FAIL" if self.exit_code else "OK"
+        outcome = {EXIT_OK: "OK", EXIT_FAILURE: "FAIL", EXIT_NOT_COMPARED: "NOT COMPARED"}[
+            self.exit_code
+        ]
+        matrix = [m.verdict for m in self.matrix_checks if m.verdict != WITHIN_NOISE]
+        extra = f"; matrix-wide: {', '.join(matrix)}" if matrix else ""
         return (
             f"{outcome}: run {self.run_id} vs baseline {self.baseline_run_id} "
-            f"(profile {self.profile}): {counts or 'no cells'}"
+            f"(profile {self.profile}, {self.tier} tier): {counts or 'no cells'}{extra}"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -178,25 +292,27 @@ class Comparison:
         data["exit_code"] = self.exit_code
         data["summary"] = self.summary()
         data["environment_line"] = self.environment_line()
+        data["tier_line"] = self.tier_line()
+        data["gate_line"] = self.gate_line()
         data["counts"] = {v: self.count(v) for v in VERDICTS}
+        data["compared"] = self.compared
+        data["required"] = self.required
+        data["matrix_checks"] = [
+            {**asdict(m), "verdict": m.verdict, "line": m.describe()} for m in self.matrix_checks
+        ]
         return data
+
+
+def _config_fields(reason: str) -> list[str]:
+    if not reason.startswith("config differs: "):
+        return []
+    text = reason[len("config differs: ") :].split(" (+", 1)[0]
+    return [part.split(" ", 1)[0] for part in text.split(", ") if part]
 
 
 def _short(value: Any) -> str:
     text = "null" if value is None else str(value)
     return text if len(text) <= 40 else text[:37] + "..."
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dict to dotted keys (``{"cpu": {"model": m}}`` -> ``{"cpu.model": m}``)."""
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
 
 
 def hardware_differences(base_env: dict[str, Any], run_env: dict[str, Any]) -> dict[str, Any]:
@@ -235,24 +351,13 @@ def effective_tolerances(info: RunInfo, base: Baseline) -> dict[str, float]:
     return out
 
 
-def config_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    """Dotted config keys that differ between two cells (ignoring where/when keys)."""
-
-    def kept(key: str) -> bool:
-        parts = key.split(".")
-        return not any(".".join(parts[:i]) in IGNORED_CONFIG_KEYS for i in range(1, len(parts) + 1))
-
-    fa = {k: v for k, v in flatten(a).items() if kept(k)}
-    fb = {k: v for k, v in flatten(b).items() if kept(k)}
-    return sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k))
-
-
 def _group_key(cell: CellResult) -> tuple[str, str, str]:
     return (cell.dataset, cell.strategy, cell.precision)
 
 
 def seed_noise(cells: Iterable[CellResult], attr: str) -> dict[tuple[str, str, str], float]:
-    """Per dataset/strategy/precision: half the range of ``attr`` across seeds, in points."""
+    """Per dataset/strategy/precision: half the range of ``attr`` across seeds, in points
+    (the matrix's own seeds; shown with the fixed band when no noise seeds were recorded)."""
     groups: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     for c in cells:
         value = getattr(c, attr)
@@ -261,50 +366,58 @@ def seed_noise(cells: Iterable[CellResult], attr: str) -> dict[tuple[str, str, s
     return {k: 50.0 * (max(v) - min(v)) for k, v in groups.items() if len(v) >= 2}
 
 
-def _accuracy_delta(
-    name: str, base: float, run: float, tolerance: float, noise: float
-) -> MetricDelta:
-    change = 100.0 * (run - base)
-    allowed = tolerance + noise
-    if change < -allowed:
-        verdict = REGRESSION
-    elif change > allowed:
-        verdict = IMPROVEMENT
-    else:
-        verdict = WITHIN_NOISE
-    note = f"seed noise {noise:.2f} pts" if noise else ""
-    return MetricDelta(name, "points", base, run, change, allowed, True, verdict, note)
+def _seed_spreads(
+    base_cells: Iterable[CellResult], run_cells: Iterable[CellResult]
+) -> dict[tuple[str, tuple[str, str, str]], float]:
+    """(metric, group) -> half range across the matrix's seeds, baseline's plus run's."""
+    base_cells, run_cells = list(base_cells), list(run_cells)
+    out = {}
+    for attr, _, _ in ACCURACY_METRICS:
+        b, r = seed_noise(base_cells, attr), seed_noise(run_cells, attr)
+        for k in set(b) | set(r):
+            out[(attr, k)] = b.get(k, 0.0) + r.get(k, 0.0)
+    return out
 
 
-def _spread(t: Throughput) -> float:
-    s = t.relative_spread
-    return s if math.isfinite(s) else 0.0
+def _split_size(cell: CellResult, field_name: str) -> int | None:
+    effective = cell.config.get("effective") if isinstance(cell.config, dict) else None
+    value = effective.get(field_name) if isinstance(effective, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
-def _throughput_delta(
-    name: str, base: Throughput, run: Throughput, tolerance: float, gated: bool
-) -> MetricDelta | str:
-    """The throughput metric, or a string saying why the two are not comparable."""
-    for attr in ("batch_size", "precision", "input"):
-        if getattr(base, attr) != getattr(run, attr):
-            return f"{name}: {attr} {getattr(base, attr)} -> {getattr(run, attr)}"
-    if base.images_per_s <= 0 or run.images_per_s <= 0:
-        return f"{name}: non-positive images/s ({base.images_per_s} -> {run.images_per_s})"
-    ratio = run.images_per_s / base.images_per_s
-    noise = (_spread(base) + _spread(run)) / 2.0
-    allowed = tolerance + noise
-    if ratio < 1.0 - allowed:
-        verdict = REGRESSION if gated else WITHIN_NOISE
-    elif ratio > 1.0 + allowed:
-        verdict = IMPROVEMENT if gated else WITHIN_NOISE
-    else:
-        verdict = WITHIN_NOISE
-    note = f"spread {_spread(base) * 100:.1f}% / {_spread(run) * 100:.1f}%"
-    if not gated:
-        note += "; not gated: different hardware"
-    return MetricDelta(
-        name, "ratio", base.images_per_s, run.images_per_s, ratio, allowed, gated, verdict, note
-    )
+def _seed_values(base: Baseline, cell: CellResult, attr: str) -> list[float]:
+    """The baseline's samples of one cell's accuracy: its own result and its noise seeds."""
+    own = getattr(cell, attr)
+    values = [float(own)] if own is not None else []
+    samples = base.noise.get(cell.cell_id)
+    if samples is not None and own is not None:
+        values += list(samples.values(attr))
+    return values
+
+
+def _rates(t: Throughput, cell: CellResult, phase: str) -> list[float]:
+    """A cell's throughput samples: each repeat's images/s, else its one figure."""
+    repeats = cell.extra.get("repeats") if isinstance(cell.extra, dict) else None
+    if isinstance(repeats, dict):
+        block = repeats if phase == "train" else repeats.get("inference")
+        rates = block.get("images_per_s") if isinstance(block, dict) else None
+        if isinstance(rates, list) and len(rates) >= 1 and all(r > 0 for r in rates):
+            return [float(r) for r in rates]
+    return [t.images_per_s]
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What every cell's comparison shares: tolerances, noise models and the test budget."""
+
+    tol: dict[str, float]
+    base: Baseline
+    exact_key: bool
+    gated: bool
+    alphas: dict[str, float]  # per test, by family (ACCURACY, MATRIX, THROUGHPUT)
+    accuracy_models: dict[str, noise.AccuracyModel]
+    throughput_models: dict[str, noise.ThroughputModel]
+    seed_spread: dict[tuple[str, tuple[str, str, str]], float]
 
 
 def compare_cells(
@@ -313,81 +426,37 @@ def compare_cells(
     base: Baseline,
     *,
     baseline_path: Path | str = "",
+    exact_key: bool | None = None,
+    selection: str = "",
+    history: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
+    accuracy_only: bool = False,
 ) -> Comparison:
-    """Compare a run's cells with a baseline (pure: reads and writes nothing)."""
+    """Compare a run's cells with a baseline (pure: reads and writes nothing).
+
+    ``exact_key``: whether the run's key is the baseline's (default: computed from both
+    fingerprints). ``history``: cell id -> phase ("train"/"inference") -> images/s of recent
+    runs on this run key (:mod:`harness.history`), for the throughput noise.
+    ``accuracy_only``: show throughput, gate nothing on it (runs measured under load).
+    """
     tol = effective_tolerances(info, base)
+    run_key = reprokey.run_key(info.environment)
+    if exact_key is None:
+        exact_key = reprokey.key_id(run_key) == base.key_id and reprokey.complete(run_key)
     hw = hardware_differences(base.environment, info.environment)
-    gated = not hw
-    run_by_id = {c.cell_id: c for c in cells}
-    base_by_id = {c.cell_id: c for c in base.cells}
-    noise = {
-        (side, attr): seed_noise(side_cells, attr)
-        for side, side_cells in (("base", base.cells), ("run", cells))
-        for attr, _ in ACCURACY_METRICS
-    }
-    out: list[CellComparison] = []
-    for cell_id in sorted(set(run_by_id) | set(base_by_id)):
-        run_cell, base_cell = run_by_id.get(cell_id), base_by_id.get(cell_id)
-        if run_cell is None:
-            out.append(CellComparison(cell_id, MISSING, reason="in the baseline, not in the run"))
-            continue
-        if not run_cell.ok:
-            error = (run_cell.error or "no error recorded").splitlines()[0][:160]
-            if run_cell.status == "failed":
-                out.append(CellComparison(cell_id, FAILED, reason=error))
-            else:  # e.g. "skipped": a precision the device lacks; nothing ran, nothing broke
-                out.append(
-                    CellComparison(cell_id, NOT_COMPARABLE, reason=f"{run_cell.status}: {error}")
-                )
-            continue
-        if base_cell is None:
-            out.append(CellComparison(cell_id, NEW, reason="not in the baseline"))
-            continue
-        if not base_cell.ok:
-            out.append(
-                CellComparison(
-                    cell_id, NOT_COMPARABLE, reason=f"{base_cell.status} in the baseline"
-                )
-            )
-            continue
-        diffs = config_differences(base_cell.config, run_cell.config)
-        if diffs:
-            shown = ", ".join(diffs[:4]) + (f" (+{len(diffs) - 4} more)" if len(diffs) > 4 else "")
-            out.append(CellComparison(cell_id, NOT_COMPARABLE, reason=f"config differs: {shown}"))
-            continue
-        metrics: list[MetricDelta] = []
-        reasons: list[str] = []
-        key = _group_key(run_cell)
-        for attr, label in ACCURACY_METRICS:
-            b, r = getattr(base_cell, attr), getattr(run_cell, attr)
-            if b is None or r is None:
-                continue
-            n = noise[("base", attr)].get(key, 0.0) + noise[("run", attr)].get(key, 0.0)
-            metrics.append(_accuracy_delta(label, float(b), float(r), tol["accuracy_points"], n))
-        for attr, label in (
-            ("train_throughput", "train throughput"),
-            ("inference_throughput", "inference throughput"),
-        ):
-            b, r = getattr(base_cell, attr), getattr(run_cell, attr)
-            if b is None or r is None:
-                continue
-            delta = _throughput_delta(label, b, r, tol["throughput_relative"], gated)
-            if isinstance(delta, str):
-                reasons.append(f"not comparable: {delta}")
-            else:
-                metrics.append(delta)
-        verdicts = {m.verdict for m in metrics}
-        if REGRESSION in verdicts:
-            verdict = REGRESSION
-        elif IMPROVEMENT in verdicts:
-            verdict = IMPROVEMENT
-        elif metrics:
-            verdict = WITHIN_NOISE
-        else:
-            verdict = NOT_COMPARABLE
-            reasons.append("no metric present on both sides")
-        flagged = [m.describe() for m in metrics if m.verdict in (REGRESSION, IMPROVEMENT)]
-        out.append(CellComparison(cell_id, verdict, tuple(metrics), "; ".join(flagged + reasons)))
+    gated = not hw and not accuracy_only
+    plan = _plan(cells, base, exact_key)
+    ctx = _Context(
+        tol=tol,
+        base=base,
+        exact_key=exact_key,
+        gated=gated,
+        alphas=noise.split(tol["false_alarm_rate"], plan.families(gated), FAMILY_SHARES),
+        accuracy_models=_accuracy_models(base),
+        throughput_models=_throughput_models(base, history or {}),
+        seed_spread=_seed_spreads(base.cells, cells),
+    )
+    out = [_compare_one(cid, plan, ctx) for cid in plan.ids]
+    checks = _matrix_checks(out, ctx)
     return Comparison(
         run_id=info.run_id,
         profile=info.profile,
@@ -399,10 +468,348 @@ def compare_cells(
         environment_differences=environment_differences(base.environment, info.environment),
         cells=tuple(out),
         reproducibility_differences=tuple(
-            env.reproducibility_differences(base.environment, info.environment)
+            env.reproducibility_differences(
+                base.environment, info.environment, imported=_imported(base.cells, cells)
+            )
         ),
         backends=_side_by_side(info, cells, base),
+        tier=EXACT if exact_key else STATISTICAL,
+        run_key_id=reprokey.key_id(run_key),
+        baseline_key_id=base.key_id,
+        key_differences=tuple(reprokey.differences(base.key, run_key)),
+        selection=selection,
+        noise_models=_model_lines(ctx, plan),
+        matrix_checks=checks,
+        tests=sum(plan.families(gated).values()),
+        throughput_note="--accuracy-only: measured under load" if accuracy_only and not hw else "",
     )
+
+
+def _imported(*sides: Iterable[CellResult]) -> set[str] | None:
+    """The distributions the cells imported (recorded per cell), None if none recorded."""
+    found: set[str] = set()
+    for side in sides:
+        for c in side:
+            process = c.extra.get("process") if isinstance(c.extra, dict) else None
+            imports = process.get("imports") if isinstance(process, dict) else None
+            if isinstance(imports, dict):
+                found |= set(imports)
+    return found or None
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Which cell ids meet which baseline cell, and in which tier (decided before any test,
+    so the false-alarm rate can be split over the tests that will be made)."""
+
+    ids: tuple[str, ...]
+    run: dict[str, CellResult]
+    base: dict[str, CellResult]
+    exact_problem: dict[str, str | None]  # per comparable cell: None = exact tier
+
+    def comparable(self, cid: str) -> bool:
+        r, b = self.run.get(cid), self.base.get(cid)
+        return (
+            r is not None
+            and b is not None
+            and r.ok
+            and b.ok
+            and not config_differences(b.config, r.config)
+        )
+
+    def families(self, gated: bool) -> dict[str, int]:
+        """How many statistical tests each family will make (for the false-alarm split)."""
+        counts = {ACCURACY: 0, MATRIX: 0, THROUGHPUT: 0}
+        per_metric: Counter[str] = Counter()
+        for cid in self.ids:
+            if not self.comparable(cid):
+                continue
+            r, b = self.run[cid], self.base[cid]
+            if self.exact_problem.get(cid) is not None:
+                for a, _, _ in ACCURACY_METRICS:
+                    if getattr(r, a) is not None and getattr(b, a) is not None:
+                        counts[ACCURACY] += 1
+                        per_metric[a] += 1
+            if gated:
+                counts[THROUGHPUT] += sum(
+                    1 for a, _, _ in THROUGHPUT_METRICS if getattr(r, a) and getattr(b, a)
+                )
+        counts[MATRIX] = sum(1 for n in per_metric.values() if n >= 2)
+        return counts
+
+
+def _plan(cells: list[CellResult], base: Baseline, exact_key: bool) -> _Plan:
+    run_by_id = {c.cell_id: c for c in cells}
+    base_by_id = {c.cell_id: c for c in base.cells}
+    ids = tuple(sorted(set(run_by_id) | set(base_by_id)))
+    problems: dict[str, str | None] = {}
+    for cid in ids:
+        r, b = run_by_id.get(cid), base_by_id.get(cid)
+        if r is None or b is None:
+            continue
+        problems[cid] = (
+            reprokey.cell_exact_problem(b, r)
+            if exact_key
+            else "run key differs from the baseline's"
+        )
+    return _Plan(ids, run_by_id, base_by_id, problems)
+
+
+def _accuracy_models(base: Baseline) -> dict[str, noise.AccuracyModel]:
+    out = {}
+    for attr, _, size_field in ACCURACY_METRICS:
+        samples = []
+        for c in base.cells:
+            n = _split_size(c, size_field)
+            values = _seed_values(base, c, attr) if c.ok else []
+            if n and values:
+                samples.append((values, n))
+        out[attr] = noise.accuracy_model(attr.replace("_", " "), samples)
+    return out
+
+
+def _throughput_models(
+    base: Baseline, history: Mapping[str, Mapping[str, Sequence[float]]]
+) -> dict[str, noise.ThroughputModel]:
+    out = {}
+    for attr, _, phase in THROUGHPUT_METRICS:
+        repeat_groups = [
+            _rates(getattr(c, attr), c, phase) for c in base.cells if c.ok and getattr(c, attr)
+        ]
+        history_groups = [list(h.get(phase, ())) for h in history.values()]
+        out[phase] = noise.throughput_model(repeat_groups, history_groups, phase)
+    return out
+
+
+def _model_lines(ctx: _Context, plan: _Plan) -> tuple[str, ...]:
+    statistical = any(p is not None for p in plan.exact_problem.values())
+    lines = []
+    if statistical:
+        lines += [m.describe() for m in ctx.accuracy_models.values()]
+    if ctx.gated:
+        lines += [m.describe() for m in ctx.throughput_models.values()]
+    counts = plan.families(ctx.gated)
+    split = ", ".join(
+        f"{counts[f]} {f} at {ctx.alphas[f] * 100:.2g} %" for f in counts if counts[f]
+    )
+    lines.append(
+        f"false alarms: {ctx.tol['false_alarm_rate'] * 100:g} % per run, split over "
+        f"{split or 'no statistical test'}; minimum effect {ctx.tol['accuracy_points']:g} pts, "
+        f"{ctx.tol['throughput_relative'] * 100:g} %"
+    )
+    return tuple(lines)
+
+
+def _compare_one(cid: str, plan: _Plan, ctx: _Context) -> CellComparison:
+    found = _judge(cid, plan, ctx)
+    run_cell = plan.run.get(cid)
+    return replace(found, run_ok=run_cell is not None and run_cell.ok)
+
+
+def _judge(cid: str, plan: _Plan, ctx: _Context) -> CellComparison:
+    run_cell, base_cell = plan.run.get(cid), plan.base.get(cid)
+    if run_cell is None:
+        return CellComparison(cid, MISSING, reason="in the baseline, not in the run")
+    if not run_cell.ok:
+        error = (run_cell.error or "no error recorded").splitlines()[0][:160]
+        if run_cell.status == "failed":
+            return CellComparison(cid, FAILED, reason=error)
+        # e.g. "skipped": a precision the device lacks; nothing ran, nothing broke
+        return CellComparison(cid, NOT_COMPARABLE, reason=f"{run_cell.status}: {error}")
+    if base_cell is None:
+        return CellComparison(cid, NEW, reason="not in the baseline")
+    if not base_cell.ok:
+        return CellComparison(cid, NOT_COMPARABLE, reason=f"{base_cell.status} in the baseline")
+    diffs = config_differences(base_cell.config, run_cell.config)
+    if diffs:
+        shown = ", ".join(
+            f"{k} {_short(flatten(base_cell.config).get(k))} -> "
+            f"{_short(flatten(run_cell.config).get(k))}"
+            for k in diffs[:4]
+        ) + (f" (+{len(diffs) - 4} more)" if len(diffs) > 4 else "")
+        return CellComparison(cid, NOT_COMPARABLE, reason=f"config differs: {shown}")
+    problem = plan.exact_problem.get(cid)
+    reasons: list[str] = []
+    if problem is None:
+        metrics, divergence = (
+            _exact_metrics(base_cell, run_cell),
+            exact.first_divergence(base_cell, run_cell),
+        )
+        tier = EXACT
+    else:
+        metrics, divergence, tier = _accuracy_metrics(base_cell, run_cell, ctx), None, STATISTICAL
+        if ctx.exact_key:
+            reasons.append(f"statistical: {problem}")
+    for attr, label, phase in THROUGHPUT_METRICS:
+        b, r = getattr(base_cell, attr), getattr(run_cell, attr)
+        if b is None or r is None:
+            continue
+        delta = _throughput_delta(label, b, r, base_cell, run_cell, phase, ctx)
+        if isinstance(delta, str):
+            reasons.append(f"not comparable: {delta}")
+        else:
+            metrics.append(delta)
+    verdicts = {m.verdict for m in metrics}
+    if divergence is not None:
+        verdict = CHANGED
+    elif REGRESSION in verdicts:
+        verdict = REGRESSION
+    elif IMPROVEMENT in verdicts:
+        verdict = IMPROVEMENT
+    elif tier == EXACT:
+        verdict = IDENTICAL
+    elif metrics:
+        verdict = WITHIN_NOISE
+    else:
+        verdict = NOT_COMPARABLE
+        reasons.append("no metric present on both sides")
+    flagged = [m.describe() for m in metrics if m.verdict in (REGRESSION, IMPROVEMENT, CHANGED)]
+    div_text = divergence.describe() if divergence is not None else ""
+    return CellComparison(
+        cid,
+        verdict,
+        tuple(metrics),
+        "; ".join(([div_text] if div_text else []) + flagged + reasons),
+        tier,
+        div_text,
+    )
+
+
+def _exact_metrics(base: CellResult, run: CellResult) -> list[MetricDelta]:
+    out = []
+    for attr, label, _ in ACCURACY_METRICS:
+        b, r = getattr(base, attr), getattr(run, attr)
+        if b is None or r is None:
+            continue
+        same = b == r
+        out.append(
+            MetricDelta(
+                label, "points", float(b), float(r), 100.0 * (float(r) - float(b)), 0.0, True,
+                IDENTICAL if same else CHANGED, "exact: must be bit-identical",
+            )
+        )  # fmt: skip
+    return out
+
+
+def _accuracy_metrics(base: CellResult, run: CellResult, ctx: _Context) -> list[MetricDelta]:
+    out = []
+    for attr, label, size_field in ACCURACY_METRICS:
+        b, r = getattr(base, attr), getattr(run, attr)
+        if b is None or r is None:
+            continue
+        values = _seed_values(ctx.base, base, attr)
+        n = _split_size(run, size_field) or _split_size(base, size_field)
+        model = ctx.accuracy_models[attr]
+        if n is None:  # an older result without split sizes: the profile's fixed band
+            spread = ctx.seed_spread.get((attr, _group_key(run)), 0.0)
+            allowed = ctx.tol["accuracy_points"] + spread
+            change = 100.0 * (float(r) - float(b))
+            out.append(
+                MetricDelta(
+                    label, "points", float(b), float(r), change, allowed, True,
+                    _verdict(change, allowed), "fixed band: split size not recorded",
+                )
+            )  # fmt: skip
+            continue
+        allow = noise.accuracy_allowance(
+            model, values, n, ctx.alphas[ACCURACY], ctx.tol["accuracy_points"]
+        )
+        change = 100.0 * float(r) - allow.center
+        note = (
+            f"vs mean of {len(values)} seed(s); se {allow.se:.2f} pts; "
+            f"false alarms {allow.alpha * 100:.2g} %"
+            + (" (minimum effect decides)" if allow.floor_binding else "")
+        )
+        out.append(
+            MetricDelta(
+                label, "points", allow.center / 100.0, float(r), change, allow.limit, True,
+                _verdict(change, allow.limit), note, alpha=allow.alpha, se=allow.se,
+            )
+        )  # fmt: skip
+    return out
+
+
+def _verdict(change: float, allowed: float) -> str:
+    if change < -allowed:
+        return REGRESSION
+    if change > allowed:
+        return IMPROVEMENT
+    return WITHIN_NOISE
+
+
+def _spread(t: Throughput) -> float:
+    s = t.relative_spread
+    return s if math.isfinite(s) else 0.0
+
+
+def _throughput_delta(
+    name: str,
+    base: Throughput,
+    run: Throughput,
+    base_cell: CellResult,
+    run_cell: CellResult,
+    phase: str,
+    ctx: _Context,
+) -> MetricDelta | str:
+    """The throughput metric, or a string saying why the two are not comparable."""
+    for attr in ("batch_size", "precision", "input"):
+        if getattr(base, attr) != getattr(run, attr):
+            return f"{name}: {attr} {getattr(base, attr)} -> {getattr(run, attr)}"
+    if base.images_per_s <= 0 or run.images_per_s <= 0:
+        return f"{name}: non-positive images/s ({base.images_per_s} -> {run.images_per_s})"
+    model = ctx.throughput_models[phase]
+    base_rates, run_rates = _rates(base, base_cell, phase), _rates(run, run_cell, phase)
+    shared = bool((run_cell.extra.get("placement") or {}).get("shared"))
+    gated = ctx.gated and not shared
+    why_not = "" if gated else ("; not gated: measured while sharing the CPU" if shared else "")
+    if not model.measured:  # no repeats, no history: the fixed band widened by the IQRs
+        ratio = run.images_per_s / base.images_per_s
+        allowed = ctx.tol["throughput_relative"] + (_spread(base) + _spread(run)) / 2.0
+        verdict = _verdict(ratio - 1.0, allowed) if gated else WITHIN_NOISE
+        note = (
+            f"fixed band (noise not measured); spread {_spread(base) * 100:.1f}% / "
+            f"{_spread(run) * 100:.1f}%{why_not}"
+        )
+        return MetricDelta(
+            name, "ratio", base.images_per_s, run.images_per_s, ratio, allowed, gated, verdict,
+            note, low=1.0 - allowed, high=1.0 + allowed,
+        )  # fmt: skip
+    allow = noise.throughput_allowance(
+        model, base_rates, run_rates, ctx.alphas[THROUGHPUT], ctx.tol["throughput_relative"]
+    )
+    log_run = statistics.fmean(math.log(x) for x in run_rates)
+    change = log_run - allow.center
+    ratio = math.exp(change)
+    verdict = _verdict(change, allow.limit) if gated else WITHIN_NOISE
+    note = (
+        f"{len(base_rates)} vs {len(run_rates)} process(es); se {allow.se * 100:.1f}%; "
+        f"false alarms {allow.alpha * 100:.2g} %"
+        + (" (minimum effect decides)" if allow.floor_binding else "")
+        + why_not
+    )
+    return MetricDelta(
+        name, "ratio", math.exp(allow.center), math.exp(log_run), ratio,
+        1.0 - math.exp(-allow.limit), gated, verdict, note,
+        low=math.exp(-allow.limit), high=math.exp(allow.limit), alpha=allow.alpha, se=allow.se,
+    )  # fmt: skip
+
+
+def _matrix_checks(out: list[CellComparison], ctx: _Context) -> tuple[noise.Combined, ...]:
+    """Stouffer's combined z per accuracy metric over the statistical-tier cells."""
+    checks = []
+    for attr, label, _ in ACCURACY_METRICS:
+        pairs = [
+            (m.change, m.se)
+            for c in out
+            if c.tier == STATISTICAL
+            for m in c.metrics
+            if m.metric == label and m.se
+        ]
+        df = ctx.accuracy_models[attr].df or math.inf
+        combined = noise.combined(label, pairs, ctx.alphas[MATRIX], df)
+        if combined is not None:
+            checks.append(combined)
+    return tuple(checks)
 
 
 def _side_by_side(
@@ -418,68 +825,45 @@ def _side_by_side(
     return crossbackend.within_run(cells)
 
 
-def find_baseline(profile: str, explicit: Path | None = None) -> Baseline | None:
-    """The baseline to compare a run of ``profile`` with.
-
-    ``explicit`` (``--baseline FILE``) must exist and be usable; it may also be a run folder
-    (``--baseline OTHER_RUN``: that run's results, of any profile, as the baseline). Without
-    it, the profile's stored baseline is used when there is one; None means there is none.
-    """
-    if explicit is not None and (Path(explicit) / "run.json").is_file():
-        other = Path(explicit)
-        base = baseline_mod.from_run(results.read_run(other), results.read_cells(other))
-        return dataclasses.replace(base, path=other)
-    path = Path(explicit) if explicit else baseline_mod.default_path(profile)
-    if explicit is None and not path.is_file():
-        return None
-    return baseline_mod.load(path, profile=profile)
-
-
-def compare_run(run_dir: Path, baseline_path: Path | None = None) -> Comparison:
-    """Read a run folder and its baseline (default: the profile's) and compare them."""
-    info = results.read_run(run_dir)
-    base = find_baseline(info.profile, baseline_path)
-    if base is None:
-        raise InputError(
-            f"no baseline for profile {info.profile!r} at "
-            f"{baseline_mod.default_path(info.profile)}; accept one with "
-            f"`bench baseline accept RUN` or pass --baseline FILE"
-        )
-    return compare_cells(info, results.read_cells(run_dir), base, baseline_path=base.path)
-
-
 def _fmt_points(m: MetricDelta | None) -> str:
-    return "" if m is None else f"{m.change:+.2f} (±{m.allowed:.2f})"
+    if m is None:
+        return ""
+    if m.verdict in (IDENTICAL, CHANGED):
+        return "=" if m.verdict == IDENTICAL else f"{m.change:+.2f} (exact)"
+    return f"{m.change:+.2f} (±{m.allowed:.2f})"
 
 
 def _fmt_ratio(m: MetricDelta | None) -> str:
     if m is None:
         return ""
-    text = f"x{m.change:.3f} (±{m.allowed * 100:.0f}%)"
+    if m.low is not None and m.high is not None:
+        text = f"x{m.change:.3f} ({m.low:.2f}-{m.high:.2f})"
+    else:
+        text = f"x{m.change:.3f} (±{m.allowed * 100:.0f}%)"
     return text if m.gated else f"{text} ng"
 
 
 def table_rows(comparison: Comparison) -> list[list[str]]:
-    """One row per cell: id, verdict, accuracy deltas, throughput ratios, reason."""
-    rows = []
-    for c in comparison.cells:
-        rows.append(
-            [
-                c.cell_id,
-                c.verdict,
-                _fmt_points(c.metric("best val accuracy")),
-                _fmt_points(c.metric("test accuracy")),
-                _fmt_ratio(c.metric("train throughput")),
-                _fmt_ratio(c.metric("inference throughput")),
-                c.reason,
-            ]
-        )
-    return rows
+    """One row per cell: id, verdict, tier, accuracy deltas, throughput ratios, reason."""
+    return [
+        [
+            c.cell_id,
+            c.verdict,
+            c.tier,
+            _fmt_points(c.metric("best val accuracy")),
+            _fmt_points(c.metric("test accuracy")),
+            _fmt_ratio(c.metric("train throughput")),
+            _fmt_ratio(c.metric("inference throughput")),
+            c.reason,
+        ]
+        for c in comparison.cells
+    ]
 
 
 TABLE_HEADERS = (
     "cell",
     "verdict",
+    "tier",
     "best val acc Δ pts (allowed)",
     "test acc Δ pts (allowed)",
     "train img/s ratio (allowed)",
@@ -488,15 +872,29 @@ TABLE_HEADERS = (
 )
 
 
-def render_table(comparison: Comparison, tablefmt: str = "simple") -> str:
-    """The verdict table (tabulate), then the environment line and the summary line."""
-    table = tabulate(table_rows(comparison), headers=TABLE_HEADERS, tablefmt=tablefmt)
-    legend = (
-        f"tolerances: accuracy {comparison.tolerances['accuracy_points']:g} pts, "
-        f"throughput {comparison.tolerances['throughput_relative'] * 100:g}% "
-        "+ half of each side's relative IQR; 'ng' = not gated"
+def legend_lines(comparison: Comparison) -> list[str]:
+    """What the table's numbers mean and what calibrated them (terminal and report)."""
+    lines = [comparison.tier_line()]
+    if comparison.selection:
+        lines.append(f"baseline: {comparison.selection}")
+    lines.append(comparison.environment_line())
+    lines += [f"noise: {line}" for line in comparison.noise_models]
+    lines += [f"matrix-wide: {m.describe()}" for m in comparison.matrix_checks]
+    lines.append(
+        "'=' bit-identical; accuracy Δ in points against the baseline (statistical tier: "
+        "against the mean of its seeds); throughput ratio run/baseline with its allowed "
+        "range; 'ng' = not gated"
     )
-    lines = [table, "", legend, comparison.environment_line()]
+    gate = comparison.gate_line()
+    if gate:
+        lines.append(gate)
+    return lines
+
+
+def render_table(comparison: Comparison, tablefmt: str = "simple") -> str:
+    """The verdict table (tabulate), then what calibrated it, then the summary line."""
+    table = tabulate(table_rows(comparison), headers=TABLE_HEADERS, tablefmt=tablefmt)
+    lines = [table, "", *legend_lines(comparison)]
     if comparison.reproducibility_differences:
         lines.append(
             "differs from the baseline's environment (results may differ in the last bits):"

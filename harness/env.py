@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harness import __version__, backend, cpuinfo
+from harness import __version__, backend, cpuinfo, threads
 from harness.errors import BenchError
 
 # Tracked paths whose uncommitted changes make a commit id an incomplete description.
@@ -260,6 +260,7 @@ def fingerprint(backend_name: str | None = None) -> dict[str, Any]:
         },
         "container": container,
         "manifest_digest": manifest_digest(),
+        "thread_policy": threads.policy(),
         **reproducibility(),
     }
 
@@ -287,11 +288,51 @@ def _digest(value: Any) -> str:
     return "none" if value is None else str(value)[:12]
 
 
-def reproducibility_differences(base: dict[str, Any], run: dict[str, Any]) -> list[str]:
+# What a cell imports that decides its numbers, where the cells did not record their imports
+# (results from before they did): the frameworks and the array and image libraries.
+RESULT_PACKAGES: frozenset[str] = frozenset(
+    {
+        "keras", "tensorflow", "tensorflow-cpu", "tf-nightly", "jax", "jaxlib", "torch",
+        "numpy", "pillow", "h5py", "ml-dtypes", "scipy", "optree", "jax-cuda12-plugin",
+        "nvidia-cudnn-cu12", "nvidia-cublas-cu12",
+    }
+)  # fmt: skip
+
+
+def imported_distributions() -> dict[str, str]:
+    """``{distribution: version}`` of every installed distribution this process has
+    imported a top-level module of: what a cell's numbers can depend on."""
+    try:
+        owners = importlib.metadata.packages_distributions()
+    except Exception:  # metadata of a broken install must not fail a cell
+        return {}
+    installed = installed_distributions()
+    names = {m.split(".", 1)[0] for m in list(sys.modules)}
+    out: dict[str, str] = {}
+    for name in names:
+        for dist in owners.get(name, ()):
+            key = dist.lower().replace("_", "-").replace(".", "-")
+            if key in installed:
+                out[key] = installed[key]
+    return dict(sorted(out.items()))
+
+
+def _differs(label: str, base: str, run: str) -> str | None:
+    """``label: base -> run``, or None when the two print the same (never show a line
+    whose sides look alike)."""
+    return None if base == run else f"{label}: {base} -> {run}"
+
+
+def reproducibility_differences(
+    base: dict[str, Any], run: dict[str, Any], *, imported: set[str] | None = None
+) -> list[str]:
     """What differs between two fingerprints in what decides reproducibility, in words.
 
     One line per aspect (lock, packages, numpy SIMD and BLAS, CPU numerics flags, thread
     settings, dirty checkout); an aspect the older fingerprint did not record says so.
+    Packages: only those the cells import (``imported``: the distributions their results
+    recorded, else :data:`RESULT_PACKAGES`); another extra installed beside them changes
+    nothing a cell computes. No line is printed whose two sides would read the same.
     """
     lines: list[str] = []
 
@@ -307,7 +348,9 @@ def reproducibility_differences(base: dict[str, Any], run: dict[str, Any]) -> li
     if absent("packages"):
         lines.append("installed packages: not recorded on one side")
     else:
-        pb, pr = base.get("packages") or {}, run.get("packages") or {}
+        relevant = imported if imported else RESULT_PACKAGES
+        pb = {k: v for k, v in (base.get("packages") or {}).items() if k in relevant}
+        pr = {k: v for k, v in (run.get("packages") or {}).items() if k in relevant}
         changed = [
             f"{k} {pb[k]} -> {pr[k]}" for k in sorted(pb.keys() & pr.keys()) if pb[k] != pr[k]
         ]
@@ -317,7 +360,7 @@ def reproducibility_differences(base: dict[str, Any], run: dict[str, Any]) -> li
         if everything:
             shown = ", ".join(everything[:8])
             more = f" (+{len(everything) - 8} more)" if len(everything) > 8 else ""
-            lines.append(f"installed packages: {shown}{more}")
+            lines.append(f"packages the cells import: {shown}{more}")
 
     nb, nr = base.get("numpy") or {}, run.get("numpy") or {}
     if not absent("numpy"):
@@ -328,8 +371,9 @@ def reproducibility_differences(base: dict[str, Any], run: dict[str, Any]) -> li
                 f"numpy SIMD dispatch: only baseline {sorted(sb - sr) or '-'}, "
                 f"only run {sorted(sr - sb) or '-'}"
             )
-        if nb.get("blas") != nr.get("blas"):
-            lines.append(f"BLAS: {_blas(nb.get('blas'))} -> {_blas(nr.get('blas'))}")
+        blas = _differs("BLAS", _blas(nb.get("blas")), _blas(nr.get("blas")))
+        if blas:
+            lines.append(blas)
 
     fb = (base.get("cpu") or {}).get("numerics_flags")
     fr = (run.get("cpu") or {}).get("numerics_flags")
@@ -347,10 +391,15 @@ def reproducibility_differences(base: dict[str, Any], run: dict[str, Any]) -> li
         diff = [
             f"{k} {tb.get(k)} -> {tr.get(k)}"
             for k in sorted(tb.keys() | tr.keys())
-            if tb.get(k) != tr.get(k)
+            if str(tb.get(k)) != str(tr.get(k))
         ]
         if diff:
             lines.append("threads: " + ", ".join(diff))
+    pb_, pr_ = base.get("thread_policy"), run.get("thread_policy")
+    if pb_ != pr_:
+        line = _differs("thread rule", _policy(pb_), _policy(pr_))
+        if line:
+            lines.append(line)
 
     db, dr = base.get("git_dirty"), run.get("git_dirty")
     if db or dr:
@@ -360,11 +409,20 @@ def reproducibility_differences(base: dict[str, Any], run: dict[str, Any]) -> li
     return lines
 
 
+def _policy(policy: Any) -> str:
+    if not isinstance(policy, dict):
+        return "not recorded (framework defaults)"
+    overrides = policy.get("overrides") or {}
+    shown = ", ".join(f"{k}={v}" for k, v in sorted(overrides.items()))
+    return f"{policy.get('rule')}" + (f" with {shown}" if shown else "")
+
+
 def _blas(libs: Any) -> str:
     if not libs:
         return "unknown"
     return "; ".join(
-        f"{lib.get('internal_api')} {lib.get('version')} ({lib.get('architecture')})"
+        f"{lib.get('internal_api')} {lib.get('version')} ({lib.get('architecture')}, "
+        f"{lib.get('num_threads')} threads)"
         for lib in libs
     )
 

@@ -15,6 +15,9 @@ EXIT_OK = 0
 EXIT_FAILURE = 1  # a regression was found or a cell failed
 EXIT_BAD_INPUT = 2  # bad usage or bad input: manifest, data, baseline, arguments, file system
 EXIT_INTERNAL = 3  # an internal error (a bug in the harness): rerun with --debug
+# Nothing (or too little) was judged: no cell ran, or the gate compared fewer cells than
+# the profile's min_compared. A gate that compared nothing must not pass as "OK".
+EXIT_NOT_COMPARED = 4
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # 141: the reader of our output went away
 EXIT_SIGINT = 128 + signal.SIGINT  # 130: Ctrl-C
 EXIT_SIGTERM = 128 + signal.SIGTERM  # 143: SIGTERM (what `docker stop` sends)

@@ -13,11 +13,15 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from harness import fsio
 from harness.errors import InputError, SchemaError
+
+# schema N -> a function turning a schema-N object into a schema-(N+1) one
+Upgrades = Mapping[int, Callable[[dict[str, Any]], dict[str, Any]]]
 
 
 def _umask() -> int:
@@ -84,21 +88,40 @@ def loads(text: str, where: str | Path) -> Any:
         raise InputError(f"{where}: not valid JSON (nested too deeply)") from None
 
 
-def read_json(path: Path, *, kind: str, schema: int) -> dict[str, Any]:
-    """Read a JSON object, refusing a missing file, bad JSON, another kind or schema."""
+def read_json(
+    path: Path, *, kind: str, schema: int, upgrades: Upgrades | None = None
+) -> dict[str, Any]:
+    """Read a JSON object, refusing a missing file, bad JSON, another kind or schema.
+
+    ``upgrades`` maps an older schema N to the function that turns such an object into
+    schema N+1: an older file is read and upgraded step by step in memory (the file is
+    left as it is), a newer one is refused.
+    """
     path = Path(path)
     obj = loads(fsio.read_text(path), path)
-    return check_header(obj, path, kind=kind, schema=schema)
+    return check_header(obj, path, kind=kind, schema=schema, upgrades=upgrades)
 
 
-def check_header(obj: Any, path: str | Path, *, kind: str, schema: int) -> dict[str, Any]:
-    """``obj`` if it is a JSON object of ``kind`` and ``schema``; else an InputError."""
+def check_header(
+    obj: Any, path: str | Path, *, kind: str, schema: int, upgrades: Upgrades | None = None
+) -> dict[str, Any]:
+    """``obj`` if it is a JSON object of ``kind`` and ``schema`` (or an older schema that
+    ``upgrades`` lifts to it); else an InputError."""
     if not isinstance(obj, dict):
         raise InputError(f"{path}: expected a JSON object, got {type(obj).__name__}")
     got_kind = obj.get("kind")
     if got_kind != kind:
         raise SchemaError(f"{path}: expected a {kind!r} file, got kind={_short(got_kind)}")
     got_schema = obj.get("schema")
+    while upgrades and type(got_schema) is int and got_schema < schema and got_schema in upgrades:
+        try:
+            obj = {**upgrades[got_schema](obj), "kind": kind, "schema": got_schema + 1}
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise SchemaError(
+                f"{path}: {kind} schema {got_schema} could not be upgraded to {got_schema + 1} "
+                f"({type(exc).__name__}: {exc}); regenerate the file with this harness"
+            ) from None
+        got_schema = obj["schema"]
     if type(got_schema) is not int or got_schema != schema:
         raise SchemaError(
             f"{path}: schema {_short(got_schema)} is not supported (this harness reads {kind} "

@@ -1,9 +1,15 @@
 """Benchmark matrices: ``benchmarks/<profile>.toml`` parsed into frozen, validated cells.
 
 A matrix file has a ``[profile]`` table (description), a ``[tolerances]`` table
-(``accuracy_points``, ``throughput_relative``: what compare allows; optional
-``ab_relative``: what ``bench ab`` allows), a ``[defaults]``
-table (any :class:`CellSpec` field) and one or more ``[[cells]]`` groups. A group is
+(``accuracy_points``, ``throughput_relative``: the smallest change the gate flags, and its
+fixed band where no noise was measured; optional ``false_alarm_rate``: the chance per run
+that the statistical tier flags identical code, default 0.01; ``min_compared``: the
+fraction of the run's cells the gate must have compared to pass, default 1.0;
+``ab_relative``: what ``bench ab`` allows), an optional ``[baseline]`` table (what
+``bench baseline record`` adds to calibrate the statistical tier: ``noise_seeds``, how many
+other seeds each cell also runs with, and ``repeats``, how many processes each cell is
+measured in), a ``[defaults]`` table (any :class:`CellSpec` field) and one or more
+``[[cells]]`` groups. A group is
 the product ``datasets × strategies × precisions × seeds`` (× ``backends``, optional);
 every other key of the group overrides the defaults for those cells only. All validation
 happens here, and every error names the file, the field and the bad value.
@@ -58,6 +64,20 @@ class Tolerances:
     throughput_relative: float  # relative drop of images/s, e.g. 0.10 = 10 %
     # bench ab: relative drop of interleaved A/B throughput that counts (None: its default)
     ab_relative: float | None = None
+    false_alarm_rate: float = 0.01  # per run, for the statistical tier's limits
+    min_compared: float = 1.0  # fraction of the run's ok cells the gate must compare
+
+
+@dataclass(frozen=True)
+class BaselineRecording:
+    """What ``bench baseline record`` adds to a profile's run to calibrate the gate."""
+
+    noise_seeds: int = 4  # each cell also runs with this many other seeds
+    repeats: int = 5  # each cell is measured in this many processes
+
+    def seed(self, cell_seed: int, k: int) -> int:
+        """The k-th (1-based) noise seed of a cell: far from any seed a matrix names."""
+        return cell_seed + 1000 * k
 
 
 @dataclass(frozen=True)
@@ -141,6 +161,7 @@ class Matrix:
     tolerances: Tolerances
     cells: tuple[CellSpec, ...]
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    recording: BaselineRecording = field(default_factory=BaselineRecording)
 
     def cell(self, cell_id: str) -> CellSpec:
         for c in self.cells:
@@ -176,6 +197,26 @@ class Matrix:
             )
         return chosen
 
+    def for_baseline(
+        self, cells: tuple[CellSpec, ...] | None = None
+    ) -> tuple[tuple[CellSpec, ...], dict[str, Any]]:
+        """The cells ``bench baseline record`` runs, and what run.json records about them:
+        each cell measured in ``recording.repeats`` processes, plus each cell under
+        ``recording.noise_seeds`` other seeds (one process each), whose results calibrate
+        the statistical tier (:mod:`harness.noise`)."""
+        rec = self.recording
+        out: list[CellSpec] = []
+        noise_cells: dict[str, list[str]] = {}
+        for cell in cells if cells is not None else self.cells:
+            out.append(dataclasses.replace(cell, repeats=max(cell.repeats, rec.repeats)))
+            extra = [
+                dataclasses.replace(cell, seed=rec.seed(cell.seed, k), repeats=1)
+                for k in range(1, rec.noise_seeds + 1)
+            ]
+            noise_cells[cell.cell_id] = [c.cell_id for c in extra]
+            out += extra
+        return tuple(out), {**dataclasses.asdict(rec), "noise_cells": noise_cells}
+
     def to_dict(self) -> dict[str, Any]:
         """The resolved matrix as plain JSON (stored in run.json)."""
         return {
@@ -183,6 +224,7 @@ class Matrix:
             "path": str(self.path),
             "description": self.description,
             "tolerances": dataclasses.asdict(self.tolerances),
+            "baseline": dataclasses.asdict(self.recording),
             "cells": [c.to_dict() for c in self.cells],
         }
 
@@ -239,7 +281,7 @@ def load_matrix(profile: str) -> Matrix:
 
 def parse_matrix(data: dict[str, Any], *, path: Path, profile: str) -> Matrix:
     """Validate the TOML data of a matrix and expand its groups into cells."""
-    unknown = sorted(set(data) - {"profile", "tolerances", "defaults", "cells"})
+    unknown = sorted(set(data) - {"profile", "tolerances", "baseline", "defaults", "cells"})
     if unknown:
         raise InputError(f"{path}: unknown top-level table(s) {unknown}")
     prof = _table(data, "profile", path, required=False)
@@ -247,6 +289,7 @@ def parse_matrix(data: dict[str, Any], *, path: Path, profile: str) -> Matrix:
     if not isinstance(description, str):
         raise InputError(f"{path}: profile.description must be a string, got {description!r}")
     tolerances = _tolerances(_table(data, "tolerances", path, required=True), path)
+    recording = _recording(_table(data, "baseline", path, required=False), path)
     defaults = _table(data, "defaults", path, required=False)
     _check_fields(defaults, f"{path}: defaults", axes_allowed=False)
     groups = data.get("cells")
@@ -287,6 +330,7 @@ def parse_matrix(data: dict[str, Any], *, path: Path, profile: str) -> Matrix:
         tolerances=tolerances,
         cells=tuple(cells),
         raw=data,
+        recording=recording,
     )
 
 
@@ -301,9 +345,26 @@ def _table(data: dict[str, Any], key: str, path: Path, *, required: bool) -> dic
     return value
 
 
+def _recording(table: dict[str, Any], path: Path) -> BaselineRecording:
+    known = {f.name for f in dataclasses.fields(BaselineRecording)}
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise InputError(f"{path}: baseline: unknown field(s) {unknown} (known: {sorted(known)})")
+    limits = {"noise_seeds": (0, 50), "repeats": (1, 50)}
+    for key, (low, high) in limits.items():
+        v = table.get(key)
+        if v is not None and (
+            isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high
+        ):
+            raise InputError(
+                f"{path}: baseline.{key} must be an integer in [{low}, {high}], got {v!r}"
+            )
+    return BaselineRecording(**table)
+
+
 def _tolerances(table: dict[str, Any], path: Path) -> Tolerances:
     want = ("accuracy_points", "throughput_relative")
-    optional = ("ab_relative",)
+    optional = ("ab_relative", "false_alarm_rate", "min_compared")
     unknown = sorted(set(table) - set(want) - set(optional))
     if unknown:
         known = [*want, *optional]
@@ -319,6 +380,16 @@ def _tolerances(table: dict[str, Any], path: Path) -> Tolerances:
             raise InputError(
                 f"{path}: tolerances.{key} must be < 1 (a fraction), got {vals[key]!r}"
             )
+    if "false_alarm_rate" in vals and not 0 < vals["false_alarm_rate"] < 0.5:
+        raise InputError(
+            f"{path}: tolerances.false_alarm_rate must be in (0, 0.5) (a probability per run), "
+            f"got {vals['false_alarm_rate']!r}"
+        )
+    if vals.get("min_compared", 0.0) > 1:
+        raise InputError(
+            f"{path}: tolerances.min_compared must be a fraction in [0, 1], "
+            f"got {vals['min_compared']!r}"
+        )
     return Tolerances(**vals)
 
 

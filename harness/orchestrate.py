@@ -139,8 +139,12 @@ def run_matrix(
     skip_unavailable: bool = False,
     executor: Executor | None = None,
     shard: Shard | None = None,
+    recording: dict[str, Any] | None = None,
 ) -> RunOutcome:
     """Run ``cells`` (default: all of ``matrix``), each in its own process, into a run folder.
+
+    ``recording`` (``bench baseline record``): the repeats and noise-seed cells added to
+    calibrate a baseline (:meth:`harness.matrix.Matrix.for_baseline`), kept in run.json.
 
     ``executor`` decides where the cell processes run (default: serially, here);
     ``shard`` keeps a stable 1/n of the cells. The executor is opened first (a cluster
@@ -185,7 +189,7 @@ def run_matrix(
             return _run_started(
                 matrix, chosen, run_dir, run_id, pre, done, t0, resume=resume, backend=backend,
                 dry_run=dry_run, allow_unpinned=allow_unpinned, progress=progress,
-                executor=ex, shard=shard,
+                executor=ex, shard=shard, recording=recording,
             )  # fmt: skip
     finally:
         ex.close()
@@ -207,11 +211,12 @@ def _run_started(
     progress: RunProgress | None,
     executor: Executor,
     shard: Shard | None,
+    recording: dict[str, Any] | None = None,
 ) -> RunOutcome:
     """The run once the pre-flight passed, with the run folder's lock held."""
     info = _start_run(
         matrix, chosen, run_dir, resume=resume, backend=backend, dry_run=dry_run,
-        executor=executor, shard=shard,
+        executor=executor, shard=shard, recording=recording,
     )  # fmt: skip
 
     todo: list[CellSpec] = []
@@ -310,12 +315,15 @@ def _start_run(
     dry_run: bool,
     executor: Executor,
     shard: Shard | None,
+    recording: dict[str, Any] | None = None,
 ) -> results.RunInfo:
     from harness.manifest import load_manifest
 
     resolved = {**matrix.to_dict(), "dry_run": dry_run}
     if shard is not None:
         resolved["shard"] = str(shard)
+    if recording is not None:
+        resolved["baseline_recording"] = recording
     if (run_dir / "run.json").is_file():
         if not resume:
             raise InputError(
@@ -333,6 +341,12 @@ def _start_run(
             raise InputError(
                 f"--resume: the matrix of profile {matrix.profile!r} ({matrix.path}) changed "
                 f"since {run_dir} started; start a new run"
+            )
+        if old.matrix.get("baseline_recording") != resolved.get("baseline_recording"):
+            raise InputError(
+                f"--resume: {run_dir} was "
+                f"{'' if old.matrix.get('baseline_recording') else 'not '}started by "
+                "`bench baseline record`; resume it with the same command"
             )
         if old.matrix.get("shard") != resolved.get("shard"):
             raise InputError(

@@ -4,8 +4,9 @@ Called by the orchestration layer (``bench all``), never by the boxes it calls: 
 not know about the report, the report not about the history, and so on down the design's
 arrows (results -> compare -> report -> history -> exporters).
 
-Exit code: the comparison's (1 on a regression or a failed cell; 0 without a baseline, when
-the caller counts failed cells itself), or 2 when a step could not use its input (a
+Exit code: the comparison's (1 on a regression, a changed or failed cell; 4 when the gate
+compared too few cells, or no cell ran at all; 0 without a baseline, when the caller counts
+failed cells itself), or 2 when a step could not use its input (a
 ``--baseline`` that is missing, unreadable, of another profile or schema; an index that
 cannot be written; an MLflow store that refuses the export). Each such problem is one line,
 and the steps after it still run: a broken gate never passes silently, and the report is
@@ -19,7 +20,8 @@ from pathlib import Path
 
 from harness import baseline as baseline_mod
 from harness import compare, history, report, results
-from harness.errors import EXIT_BAD_INPUT, EXIT_OK, BenchError
+from harness.errors import EXIT_BAD_INPUT, EXIT_NOT_COMPARED, EXIT_OK, BenchError
+from harness.history import gate
 
 
 def _error(exc: BenchError) -> int:
@@ -28,26 +30,31 @@ def _error(exc: BenchError) -> int:
 
 
 def compare_step(
-    run_dir: Path, baseline_path: Path | None
+    run_dir: Path, baseline_path: Path | None, *, history_db: Path | None = None
 ) -> tuple[compare.Comparison | None, int]:
-    """Compare with the baseline if there is one; prints the verdict table or why not."""
+    """Compare with the baseline if there is one; prints the verdict table or why not.
+
+    A run none of whose cells produced a result has nothing to compare or to pass with:
+    it says so and ends :data:`~harness.errors.EXIT_NOT_COMPARED` even without a baseline.
+    """
     info = results.read_run(run_dir)
     try:
-        base = compare.find_baseline(info.profile, baseline_path)
+        found = gate.comparison(run_dir, baseline_path, history_db=history_db)
     except BenchError as exc:
         return None, _error(exc)
-    if base is None:
+    if found is None:
         print(
             f"no baseline for profile {info.profile} "
             f"({baseline_mod.default_path(info.profile)}); accept one with "
             f"`bench baseline accept {info.run_id}`"
         )
+        measured = [c for c in results.read_cells(run_dir) if c.ok]
+        if not measured:
+            print(f"NOT COMPARED: run {info.run_id} has no cell that ran (see the report)")
+            return None, EXIT_NOT_COMPARED
         return None, EXIT_OK
-    comparison = compare.compare_cells(
-        info, results.read_cells(run_dir), base, baseline_path=base.path
-    )
-    print(compare.render_table(comparison))
-    return comparison, comparison.exit_code
+    print(compare.render_table(found))
+    return found, found.exit_code
 
 
 def end_of_run(
@@ -67,8 +74,8 @@ def end_of_run(
     run_dir = Path(run_dir)
     code = EXIT_OK
     if compare_and_report:
-        comparison, code = compare_step(run_dir, baseline_path)
-        print(f"report: {report.write_report(run_dir, comparison=comparison)}")
+        found, code = compare_step(run_dir, baseline_path, history_db=history_db)
+        print(f"report: {report.write_report(run_dir, comparison=found)}")
     if index:
         try:
             update = history.update_index(run_dir.parent, history_db)

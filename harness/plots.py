@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from harness.compare import IMPROVEMENT, REGRESSION, Comparison
+from harness.compare import CHANGED, IMPROVEMENT, REGRESSION, Comparison
 from harness.jsonio import atomic_write_bytes
 from harness.results import CellResult
 
@@ -38,7 +38,7 @@ STRATEGY_ORDER = (
 )
 _PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
-VERDICT_COLOURS = {REGRESSION: "#d62728", IMPROVEMENT: "#2ca02c"}
+VERDICT_COLOURS = {REGRESSION: "#d62728", IMPROVEMENT: "#2ca02c", CHANGED: "#ff7f0e"}
 NEUTRAL = "#7f7f7f"
 PRECISION_SHORT = {"float32": "fp32", "mixed_float16": "fp16", "mixed_bfloat16": "bf16"}
 PRECISION_HATCH = {"float32": None, "mixed_float16": "//", "mixed_bfloat16": ".."}
@@ -262,6 +262,7 @@ def baseline_deltas(comparison: Comparison, path: Path) -> Path:
     handles = [
         Line2D([], [], color=VERDICT_COLOURS[REGRESSION], linewidth=8, label="regression"),
         Line2D([], [], color=VERDICT_COLOURS[IMPROVEMENT], linewidth=8, label="improvement"),
+        Line2D([], [], color=VERDICT_COLOURS[CHANGED], linewidth=8, label="changed (exact tier)"),
         Line2D([], [], color=NEUTRAL, linewidth=8, label="within noise / not gated (hatched)"),
         Line2D(
             [],
@@ -270,7 +271,7 @@ def baseline_deltas(comparison: Comparison, path: Path) -> Path:
             marker="|",
             linestyle="",
             markersize=14,
-            label="allowed band (tolerance + noise)",
+            label="allowed band (calibrated noise, at least the minimum effect)",
         ),
     ]
     fig.legend(handles=handles, loc="outside lower center", ncol=4, frameon=False)

@@ -21,6 +21,7 @@ from harness.compare import (
     TABLE_HEADERS,
     Comparison,
     flatten,
+    legend_lines,
     table_rows,
 )
 from harness.errors import BenchError
@@ -270,13 +271,10 @@ def _baseline_section(comparison: Comparison | None, profile: str, plot: str | N
     rows = [[_cell(str(x)) for x in row] for row in table_rows(comparison)]
     out += [
         f"Baseline: run `{comparison.baseline_run_id}` ({comparison.baseline_path}).",
-        f"Tolerances: accuracy {comparison.tolerances['accuracy_points']:g} points; throughput "
-        f"{comparison.tolerances['throughput_relative'] * 100:g}% widened by half of each side's "
-        "relative IQR. `ng` = not gated.",
         "",
         f"**{comparison.summary()}**",
         "",
-        comparison.environment_line(),
+        *[f"- {_cell(line)}" for line in legend_lines(comparison)],
         "",
         tabulate(rows, headers=TABLE_HEADERS, tablefmt="github"),
         "",
@@ -284,7 +282,7 @@ def _baseline_section(comparison: Comparison | None, profile: str, plot: str | N
     if comparison.reproducibility_differences:
         out += [
             "What differs from the baseline's environment in what decides reproducibility "
-            "(same machine type and lock: bit-identical on CPU; otherwise within tolerance):",
+            "(same run key: bit-identical on CPU; otherwise within calibrated noise):",
             "",
             *[f"- {_cell(line)}" for line in comparison.reproducibility_differences],
             "",

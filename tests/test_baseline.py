@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import runkit
 
-from harness import baseline, results
+from harness import baseline, reprokey, results
 from harness.cli import main
 from harness.errors import InputError
 
@@ -29,10 +29,14 @@ def test_accept_writes_the_profile_baseline_with_fingerprint(tmp_path, capsys):
     )
     assert not (tmp_path / "reports" / "baselines").exists()  # never written by a run itself
     assert main(["baseline", "accept", "r1"]) == 0
-    target = tmp_path / "reports" / "baselines" / "smoke.json"
-    assert f"baseline for profile smoke: run r1, 6 cell(s) -> {target}" in capsys.readouterr().out
+    key_id = reprokey.key_id(reprokey.run_key(env))
+    target = tmp_path / "reports" / "baselines" / "smoke" / f"{key_id}.json"
+    out = capsys.readouterr().out
+    assert f"baseline for profile smoke, key {key_id}: run r1, 6 cell(s) -> {target}" in out
+    assert "calibration: no noise seeds and no repeats" in out  # says how to calibrate
     raw = json.loads(target.read_text())
-    assert raw["kind"] == "transfer-bench.baseline" and raw["schema"] == 1
+    assert raw["kind"] == "transfer-bench.baseline" and raw["schema"] == 2
+    assert raw["key_id"] == key_id and raw["key"]["cpu.model"] == "Test CPU 9000"
     assert raw["environment"]["cpu"] == {"model": "Test CPU 9000", "count": 8}
     assert raw["tolerances"] == {"accuracy_points": 1.5, "throughput_relative": 0.2}
     assert raw["accepted_at"].endswith("Z") and raw["run_id"] == "r1"
@@ -47,10 +51,11 @@ def test_accept_refuses_failed_cells_unless_forced(tmp_path, capsys):
     assert main(["baseline", "accept", "r1"]) == 1
     err = capsys.readouterr().err
     assert "1 failed cell(s) (synth-few/two-stage/float32/s0)" in err and "--force" in err
-    assert not (tmp_path / "reports" / "baselines" / "smoke.json").exists()
+    assert baseline.stored("smoke") == []
     assert main(["baseline", "accept", "r1", "--force"]) == 0
     assert "forced: 1 failed cell(s) included" in capsys.readouterr().out
-    assert baseline.load(tmp_path / "reports" / "baselines" / "smoke.json").forced
+    (stored,) = baseline.stored("smoke")
+    assert baseline.load(stored).forced
 
 
 def test_unknown_run_exits_2_with_one_line(tmp_path, capsys):
@@ -77,4 +82,5 @@ def test_incomplete_run_is_refused_unless_forced(tmp_path, capsys):
     assert "run 'r1' is incomplete: 1 planned cell(s) have no result" in err
     assert err.count("\n") == 1
     assert main(["baseline", "accept", "r1", "--force"]) == 0
-    assert baseline.load(tmp_path / "reports" / "baselines" / "smoke.json").forced
+    (stored,) = baseline.stored("smoke")
+    assert baseline.load(stored).forced

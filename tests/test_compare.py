@@ -11,6 +11,7 @@ import runkit
 
 from harness import baseline, compare, results
 from harness.cli import main
+from harness.history import gate
 
 
 @pytest.fixture(autouse=True)
@@ -39,10 +40,14 @@ def test_identical_runs_have_no_regression(tmp_path: Path, capsys: pytest.Captur
     run_dir = runkit.write_run(tmp_path, runkit.standard_cells(), run_id="r-new")
     code, out, _ = _compare(capsys, "r-new")  # run id, default baseline of the profile
     assert code == 0
-    assert "OK: run r-new vs baseline r-base (profile smoke): 6 within noise" in out
+    assert (
+        "OK: run r-new vs baseline r-base (profile smoke, statistical tier): 6 within noise" in out
+    )
+    # these fingerprints predate the lock and thread rule: no exact tier, said so
+    assert "statistical tier: run key" in out and "lock: unknown -> unknown" not in out
     assert "throughput gated: same hardware identity" in out
     assert "regression" not in out.replace("(exit 1 on regression", "")
-    comparison = compare.compare_run(run_dir)
+    comparison = gate.comparison(run_dir)
     assert {c.verdict for c in comparison.cells} == {compare.WITHIN_NOISE}
     assert all(
         m.change == pytest.approx(1.0)
@@ -71,7 +76,7 @@ def test_accuracy_drop_within_tolerance_is_not_flagged(tmp_path, capsys):
     run_dir = runkit.write_run(tmp_path, _cells_with(cid, best_val_accuracy=0.885), run_id="r-new")
     code, out, _ = _compare(capsys, str(run_dir), "--baseline", str(bl))
     assert code == 0, out
-    cmp_ = compare.compare_run(run_dir, bl)
+    cmp_ = gate.comparison(run_dir, bl)
     metric = next(c for c in cmp_.cells if c.cell_id == cid).metric("best val accuracy")
     assert metric.change == pytest.approx(-1.5)
     assert metric.verdict == compare.WITHIN_NOISE
@@ -100,7 +105,7 @@ def test_same_drop_within_measured_noise_is_not_flagged(tmp_path, capsys):
         run_dir = runkit.write_run(root, _cells_with(cid, train_throughput=slow), run_id="r-new")
         code, out, _ = _compare(capsys, str(run_dir), "--baseline", str(bl))
         assert code == expected, out
-        metric = next(c for c in compare.compare_run(run_dir, bl).cells if c.cell_id == cid).metric(
+        metric = next(c for c in gate.comparison(run_dir, bl).cells if c.cell_id == cid).metric(
             "train throughput"
         )
         # allowed = tolerance + half of each side's relative IQR
@@ -147,17 +152,17 @@ def test_baseline_of_another_schema_or_unreadable_exits_2(tmp_path, capsys):
     bl = _accept(runkit.write_run(tmp_path, runkit.standard_cells(), run_id="r-base"))
     run_dir = runkit.write_run(tmp_path, runkit.standard_cells(), run_id="r-new")
     data = json.loads(bl.read_text())
-    data["schema"] = 2
+    data["schema"] = 3
     bl.write_text(json.dumps(data))
     code, _, err = _compare(capsys, str(run_dir))
     assert code == 2 and err.count("\n") == 1
-    assert "schema 2 is not supported" in err and str(bl) in err
+    assert "schema 3 is not supported" in err and str(bl) in err
     bl.write_text('{"kind": "transfer-bench.baseline", "schema": 1, "profile": ')
     code, _, err = _compare(capsys, str(run_dir))
     assert code == 2 and "not valid JSON" in err and err.count("\n") == 1
     bl.unlink()
     code, _, err = _compare(capsys, str(run_dir))
-    assert code == 2 and f"no baseline for profile 'smoke' at {bl}" in err
+    assert code == 2 and "no baseline for profile 'smoke' in " in err and err.count("\n") == 1
     code, _, err = _compare(capsys, str(run_dir), "--baseline", str(bl))
     assert code == 2 and "no such file" in err
 
@@ -187,16 +192,20 @@ def test_missing_new_and_not_comparable(tmp_path, capsys):
     cells[0] = replace(cells[0], config={**cells[0].config, "epochs": 9})  # not comparable
     run_dir = runkit.write_run(tmp_path, cells, run_id="r-new")
     code, out, _ = _compare(capsys, str(run_dir), "--baseline", str(bl), "--json")
-    assert code == 0
+    # one cell not compared (its config differs) of the 6 that ran: the gate is incomplete
+    assert code == 4
     data = json.loads(out)
-    assert data["kind"] == "transfer-bench.comparison" and data["schema"] == 1
+    assert data["kind"] == "transfer-bench.comparison" and data["schema"] == 2
     verdicts = {c["cell_id"]: c["verdict"] for c in data["cells"]}
     assert verdicts[dropped.cell_id] == "missing"
     assert verdicts["synth-many/two-stage/float32/s0"] == "new"
     assert verdicts[cells[0].cell_id] == "not comparable"
     reason = next(c["reason"] for c in data["cells"] if c["cell_id"] == cells[0].cell_id)
-    assert reason == "config differs: epochs"
-    assert data["exit_code"] == 0 and data["counts"]["within noise"] == 4
+    assert reason == "config differs: epochs 4 -> 9"
+    assert data["exit_code"] == 4 and data["counts"]["within noise"] == 4
+    assert data["compared"] == 4 and data["required"] == 6
+    assert "GATE OFF: 4 of 6 cells compared, 6 required" in data["gate_line"]
+    assert "config differs from the baseline in: epochs (1 cells)" in data["gate_line"]
 
 
 def test_improvement_is_reported_not_failed(tmp_path, capsys):
@@ -218,7 +227,7 @@ def test_seed_repeats_widen_the_accuracy_allowance(tmp_path):
     bl = tmp_path / "b.json"
     baseline.accept(runkit.write_run(tmp_path, cells([0.90, 0.84, 0.87]), run_id="r-b"), path=bl)
     run_dir = runkit.write_run(tmp_path, cells([0.86, 0.84, 0.87]), run_id="r-n")
-    comparison = compare.compare_run(run_dir, bl)
+    comparison = gate.comparison(run_dir, bl)
     m = next(c for c in comparison.cells if c.cell_id.endswith("s0")).metric("best val accuracy")
     assert m.change == pytest.approx(-4.0)
     assert m.allowed == pytest.approx(2.0 + 3.0 + 1.5)  # tol + half range base + half range run
@@ -234,7 +243,7 @@ def test_unknown_hardware_identity_is_not_gated(tmp_path):
         runkit.write_run(tmp_path, runkit.standard_cells(), run_id="r-b", env=env), path=bl
     )
     run_dir = runkit.write_run(tmp_path, runkit.standard_cells(), run_id="r-n", env=env)
-    comparison = compare.compare_run(run_dir, bl)
+    comparison = gate.comparison(run_dir, bl)
     assert not comparison.throughput_gated
     assert comparison.hardware_differences == {"cpu.model": ("unknown", "unknown")}
 
@@ -298,9 +307,10 @@ def test_real_smoke_run_against_a_baseline_accepted_from_it(
     code, out, _ = _compare(capsys, str(smoke_run_dir), "--baseline", str(bl))
     n = len(results.read_cells(smoke_run_dir))
     assert code == 0, out
-    assert f"OK: run smoke vs baseline smoke (profile smoke): {n} within noise" in out
+    # the same run is its own baseline: same run key, every cell reproduces bit for bit
+    assert f"OK: run smoke vs baseline smoke (profile smoke, exact tier): {n} identical" in out
 
-    # The same run with one cell's accuracy 25 points lower is a regression naming it.
+    # The same run with one cell's accuracy 25 points lower changed: the exact tier names it.
     copy = tmp_path / "degraded"
     results.write_run(copy, replace(results.read_run(smoke_run_dir), run_id="degraded"))
     cells = results.read_cells(smoke_run_dir)
@@ -312,7 +322,7 @@ def test_real_smoke_run_against_a_baseline_accepted_from_it(
     code, out, _ = _compare(capsys, str(copy), "--baseline", str(bl))
     assert code == 1, out
     row = next(line for line in out.splitlines() if line.startswith(victim.cell_id))
-    assert "regression" in row and "best val accuracy -25.00 pts (allowed ±10.00)" in row
+    assert "changed" in row and "first divergence: best val accuracy" in row
 
     assert (
         main(

@@ -17,6 +17,8 @@ KEYS = {
     "jax", "torch", "cuda", "cudnn", "gpu", "cpu", "container", "manifest_digest",
     # what decides whether results are bit-identical (issue 7)
     "lock", "packages", "packages_digest", "numpy", "threads", "git_dirty", "git_dirty_paths",
+    # what decides each cell's thread counts (issue 19): harness.threads' rule and overrides
+    "thread_policy",
 }  # fmt: skip
 
 
@@ -114,17 +116,32 @@ def test_reproducibility_differences_name_what_changed() -> None:
     run["lock"]["digest"] = "f" * 64
     run["packages"]["numpy"] = "9.9.9"
     run["packages"]["extra-pkg"] = "1.0"
-    run["cpu"]["numerics_flags"] = [*base["cpu"]["numerics_flags"], "amx_bf16"]
+    # a flag this CPU lacks (the test runs on AMD EPYC and on Intel Xeon with AMX alike)
+    absent = next(f for f in env.NUMERICS_FLAGS if f not in base["cpu"]["numerics_flags"])
+    run["cpu"]["numerics_flags"] = [*base["cpu"]["numerics_flags"], absent]
     run["numpy"]["simd"]["dispatch_found"] = [*base["numpy"]["simd"]["dispatch_found"], "X"]
     run["threads"]["OMP_NUM_THREADS"] = "1"
     run["git_dirty"] = True
     lines = env.reproducibility_differences(base, run)
     text = "\n".join(lines)
     assert f"lock digest: {str(base['lock']['digest'])[:12]} -> ffffffffffff" in text
-    assert f"numpy {base['packages']['numpy']} -> 9.9.9" in text and "+extra-pkg 1.0" in text
-    assert "CPU numerics flags: only baseline -, only run ['amx_bf16']" in text
+    assert f"numpy {base['packages']['numpy']} -> 9.9.9" in text
+    # a package no cell imports changes nothing a cell computes: not listed (issue 16)
+    assert "extra-pkg" not in text
+    named = env.reproducibility_differences(base, run, imported={"numpy", "extra-pkg"})
+    assert any("+extra-pkg 1.0" in line for line in named)
+    assert f"CPU numerics flags: only baseline -, only run ['{absent}']" in text
     assert "numpy SIMD dispatch" in text and "OMP_NUM_THREADS None -> 1" in text
     assert "run dirty" in text
+    # Never a line whose two sides print the same: the BLAS's thread count is shown when it
+    # is what differs, and a same-printing difference is no line at all.
+    blas_run = json.loads(json.dumps(base))
+    if base["numpy"]["blas"]:
+        blas_run["numpy"]["blas"][0]["num_threads"] = 99
+        (line,) = env.reproducibility_differences(base, blas_run)
+        assert line.startswith("BLAS: ") and "99 threads" in line
+        left, right = line[len("BLAS: ") :].split(" -> ")
+        assert left != right
     # A fingerprint from before these keys existed says so instead of inventing a change.
     old = {k: v for k, v in base.items() if k not in ("lock", "packages", "numpy", "threads")}
     assert "lock digest: not recorded on one side" in env.reproducibility_differences(old, run)

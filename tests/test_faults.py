@@ -404,7 +404,8 @@ def test_6_baseline_accept_refuses_an_only_subset_unless_forced(home, capsys):
     assert "--force" in line
     assert not (home / "reports" / "baselines").exists()
     assert main(["baseline", "accept", "subset", "--force"]) == 0
-    assert baseline.load(home / "reports" / "baselines" / "smoke.json").forced
+    (stored,) = baseline.stored("smoke")
+    assert baseline.load(stored).forced
     _smoke_run(home, "whole", dry_run=False, chosen=n)
     assert main(["baseline", "accept", "whole", "--output", str(home / "whole.json")]) == 0
 

@@ -1,9 +1,11 @@
-"""``bench baseline accept RUN [--force]``: make a run its profile's baseline, explicitly."""
+"""``bench baseline accept RUN`` and ``bench baseline record``: stored baselines, per run key."""
 
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
+from typing import Any
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -12,10 +14,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     actions.required = True
     accept = actions.add_parser(
         "accept",
-        help="store a run as its profile's baseline",
+        help="store a run as its profile's baseline for its reproducibility key",
         description=(
-            "Write reports/baselines/<profile>.json from RUN, with the run's environment "
-            "fingerprint and tolerances. Refuses a run with failed cells unless --force."
+            "Write reports/baselines/<profile>/<key>.json from RUN, with the run's environment "
+            "fingerprint, tolerances and reproducibility key (machine type, lock, backend, "
+            "thread rule): it adds the baseline for that key, or replaces it. Refuses a run "
+            "with failed cells unless --force."
         ),
     )
     accept.add_argument("run", metavar="RUN", help="run id under reports/runs/, or a run folder")
@@ -25,19 +29,80 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     accept.set_defaults(func=run_accept)
 
+    from harness.commands.run import register_run_args, scale_args
+
+    record = actions.add_parser(
+        "record",
+        help="run a profile with the repeats and noise seeds the gate is calibrated by, "
+        "then accept it",
+        description=(
+            "Run the profile with each cell measured in [baseline] repeats processes and also "
+            "run under [baseline] noise_seeds other seeds (the profile's [baseline] table; "
+            "defaults 5 and 4), then accept the run as the baseline for this machine's "
+            "reproducibility key. Run it on an idle machine: its spread is what later runs "
+            "are judged against."
+        ),
+    )
+    register_run_args(record)
+    record.add_argument(
+        "--resume", action="store_true", help="complete an interrupted recording (same options)"
+    )
+    scale_args(record)
+    record.set_defaults(func=run_record)
+
 
 def run_accept(args: argparse.Namespace) -> int:
     from harness import baseline  # here, so that `bench --help` stays quick
 
     run_dir = baseline.resolve_run_dir(args.run)
     path, base = baseline.accept(run_dir, force=args.force, path=args.output)
+    _say_accepted(path, base)
+    return 0
+
+
+def _say_accepted(path: Path, base: Any) -> None:
+    from harness import baseline
+
     failed = sum(1 for c in base.cells if c.status == "failed")
     note = f" (forced: {failed} failed cell(s) included)" if failed else ""
     print(
-        f"baseline for profile {base.profile}: run {base.run_id}, {len(base.cells)} cell(s)"
-        f"{note} -> {path}"
+        f"baseline for profile {base.profile}, key {base.key_id}: run {base.run_id}, "
+        f"{len(base.cells)} cell(s){note} -> {path}"
     )
+    print(f"calibration: {baseline.calibration(base)}")
     commit = base.git_commit or ""
     if commit.endswith("+dirty"):
         print(f"note: the run was made from a checkout with uncommitted changes ({commit})")
-    return 0
+
+
+def run_record(args: argparse.Namespace) -> int:
+    from harness import baseline
+    from harness.commands.run import execute
+    from harness.errors import EXIT_OK, RunStopped
+    from harness.matrix import default_profile, load_matrix
+
+    matrix = load_matrix(args.profile or default_profile())
+    if args.dry_run:
+        from harness.errors import InputError
+
+        raise InputError("bench baseline record --dry-run: a dry run cannot be a baseline")
+    cells, recording = matrix.for_baseline()
+    args.recording = recording
+    args.command = "baseline record"
+    try:
+        run_dir, code = execute(args, matrix, cells, args.resume)
+    except RunStopped as exc:
+        cmd = ["bench", "baseline", "record", "--profile", matrix.profile]
+        cmd += ["--run-id", exc.run_id, "--resume"]
+        raise RunStopped(
+            f"{exc.message.split('; resume with', 1)[0]}; resume with: {shlex.join(cmd)}",
+            run_id=exc.run_id,
+            run_dir=exc.run_dir,
+            exit_code=exc.exit_code,
+        ) from exc
+    if code != EXIT_OK:
+        print(f"not accepted: run {run_dir.name} has failed cells; fix them and record again")
+        return code
+    path, base = baseline.accept(run_dir)
+    _say_accepted(path, base)
+    return EXIT_OK

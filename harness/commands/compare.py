@@ -11,15 +11,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "compare",
         help="compare a run with its profile's baseline (exit 1 on regression or failed cell)",
         description=(
-            "Compare a run with a stored baseline, cell by cell. Accuracy (best val, and test "
-            "when both have it): regression when it drops by more than the profile's "
-            "accuracy_points, plus half the range across seeds on each side when a cell is "
-            "repeated over seeds. Throughput (train, inference): regression when run/baseline "
-            "images/s < 1 - (throughput_relative + (spread_baseline + spread_run) / 2), where "
-            "spread = IQR/median of the step rate. Throughput is gated only when the hardware "
-            "identity (CPU model/count, GPU name/count, backend and framework versions) of "
-            "both fingerprints matches; accuracy always. Exit 1 on a regression or a failed "
-            "cell, 2 on bad input, else 0."
+            "Compare a run with a baseline, cell by cell, in two tiers. Exact: where the run's "
+            "reproducibility key (machine type, lock, backend and version, thread rule) is the "
+            "baseline's, every deterministic cell must reproduce it bit for bit (history, "
+            "accuracies, weights digest), else 'changed'. Statistical: elsewhere, accuracy "
+            "against a quasi-binomial seed-noise model from the baseline's noise seeds, "
+            "throughput against the spread of its repeats and this key's history, at the "
+            "profile's false_alarm_rate per run, and never below its minimum effect "
+            "(accuracy_points, throughput_relative). Throughput is gated only on the same "
+            "hardware. Exit 1 on a regression, a changed or failed cell; 4 when fewer cells "
+            "were compared than min_compared asks; 2 on bad input; else 0."
         ),
     )
     p.add_argument("run", metavar="RUN", help="run id under reports/runs/, or a run folder")
@@ -27,16 +28,37 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--baseline",
         type=Path,
         metavar="FILE",
-        help="baseline file (default: reports/baselines/<profile>.json)",
+        help="baseline file or run folder (default: the stored baseline of the run's key, "
+        "else another of its profile's)",
     )
     p.add_argument("--json", action="store_true", help="print machine-readable verdicts")
+    p.add_argument(
+        "--accuracy-only",
+        action="store_true",
+        help="show throughput but gate only accuracy and reproduction (for runs measured "
+        "under load, e.g. inside a test suite)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness import baseline, compare  # here, so that `bench --help` stays quick
+    from harness import baseline, compare  # here: `bench --help` stays quick
+    from harness.errors import InputError
+    from harness.history import gate
 
     run_dir = baseline.resolve_run_dir(args.run)
-    comparison = compare.compare_run(run_dir, args.baseline)
+    comparison = gate.comparison(run_dir, args.baseline, accuracy_only=args.accuracy_only)
+    if comparison is None:
+        info_profile = _profile(run_dir)
+        raise InputError(
+            f"no baseline for profile {info_profile!r} in {baseline.default_path(info_profile)}; "
+            "accept one with `bench baseline accept RUN` or pass --baseline FILE"
+        )
     print(compare.render_json(comparison) if args.json else compare.render_table(comparison))
     return comparison.exit_code
+
+
+def _profile(run_dir: Path) -> str:
+    from harness import results
+
+    return results.read_run(run_dir).profile

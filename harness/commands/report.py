@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--baseline",
         type=Path,
         metavar="FILE",
-        help="baseline file (default: reports/baselines/<profile>.json if it exists)",
+        help="baseline file or run folder (default: the stored baseline of the run's key, "
+        "else another of its profile's, if any)",
     )
     p.add_argument("--out", type=Path, metavar="DIR", help="output folder (default <run>/report)")
     p.set_defaults(func=run)
@@ -29,15 +30,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     # Imported here, not at the top: matplotlib costs seconds, and `bench --help` or
     # `bench --version` import every command module.
-    from harness import baseline, compare, report, results
+    from harness import baseline, report, results
+    from harness.history import gate
 
     run_dir = baseline.resolve_run_dir(args.run)
     info = results.read_run(run_dir)
-    base = compare.find_baseline(info.profile, args.baseline)
-    comparison = None
-    if base is not None:
-        cells = results.read_cells(run_dir)
-        comparison = compare.compare_cells(info, cells, base, baseline_path=base.path)
+    comparison = gate.comparison(run_dir, args.baseline)
     out = report.write_report(run_dir, comparison=comparison, out_dir=args.out)
     print(f"report: {out}")
     if comparison is not None:

@@ -20,32 +20,36 @@ LIST_KIND, LIST_SCHEMA = "transfer-bench.matrix", 1
 ENV_KIND, ENV_SCHEMA = "transfer-bench.environment", 1
 
 
+def profile_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--profile",
+        default=None,
+        help="matrix name in benchmarks/ (or a .toml path); default $BENCH_PROFILE or smoke",
+    )
+
+
+def register_run_args(p: argparse.ArgumentParser) -> None:
+    """The options of every command that runs cells (bench all / run / baseline record)."""
+    profile_arg(p)
+    p.add_argument("--run-id", default=None, help="run folder name (default: UTC time-profile)")
+    p.add_argument("--runs-dir", type=Path, default=None, help="default: reports/runs")
+    p.add_argument("--backend", default=None, help="Keras backend: tensorflow, jax or torch")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="build every model at full size, run a couple of steps on random stand-ins",
+    )
+    p.add_argument("--allow-unpinned", action="store_true", help="accept unpinned inputs")
+    p.add_argument(
+        "--skip-unavailable",
+        action="store_true",
+        help="record cells whose backend, precision or data is not available here as "
+        "skipped (with the reason) instead of stopping before the run (exit 2)",
+    )
+
+
 def register(sub: Any) -> None:
-    def profile_arg(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--profile",
-            default=None,
-            help="matrix name in benchmarks/ (or a .toml path); default $BENCH_PROFILE or smoke",
-        )
-
-    def run_args(p: argparse.ArgumentParser) -> None:
-        profile_arg(p)
-        p.add_argument("--run-id", default=None, help="run folder name (default: UTC time-profile)")
-        p.add_argument("--runs-dir", type=Path, default=None, help="default: reports/runs")
-        p.add_argument("--backend", default=None, help="Keras backend: tensorflow, jax or torch")
-        p.add_argument(
-            "--dry-run",
-            action="store_true",
-            help="build every model at full size, run a couple of steps on random stand-ins",
-        )
-        p.add_argument("--allow-unpinned", action="store_true", help="accept unpinned inputs")
-        p.add_argument(
-            "--skip-unavailable",
-            action="store_true",
-            help="record cells whose backend, precision or data is not available here as "
-            "skipped (with the reason) instead of stopping before the run (exit 2)",
-        )
-
+    run_args = register_run_args
     p = sub.add_parser("all", help="run every cell of a matrix (each in its own process)")
     run_args(p)
     p.add_argument("--only", default=None, help="cell-id glob(s) or substring(s), comma-separated")
@@ -54,7 +58,9 @@ def register(sub: Any) -> None:
         "--baseline",
         type=Path,
         default=None,
-        help="baseline to compare with at the end (default: reports/baselines/<profile>.json)",
+        help="baseline file or run folder to compare with at the end (default: the stored "
+        "baseline of this run's key in reports/baselines/<profile>/, else another of the "
+        "profile's, statistically)",
     )
     p.add_argument(
         "--no-compare",
@@ -138,6 +144,11 @@ def _executor(args: argparse.Namespace) -> tuple[Any, Any]:
     return executor, shard
 
 
+def execute(args: argparse.Namespace, matrix: Any, cells: Any, resume: bool) -> tuple[Path, int]:
+    """Run ``cells`` of ``matrix`` as the options say; (run folder, 0 or 1 if a cell failed)."""
+    return _run(args, matrix, cells, resume)
+
+
 def _run(args: argparse.Namespace, matrix: Any, cells: Any, resume: bool) -> tuple[Path, int]:
     from harness.orchestrate import run_matrix
 
@@ -155,6 +166,7 @@ def _run(args: argparse.Namespace, matrix: Any, cells: Any, resume: bool) -> tup
             skip_unavailable=args.skip_unavailable,
             executor=executor,
             shard=shard,
+            recording=getattr(args, "recording", None),
         )
     except RunStopped as exc:  # a signal or a full disk: say how to resume
         raise RunStopped(
@@ -179,7 +191,7 @@ def _resume_hint(args: argparse.Namespace, stopped: RunStopped) -> str:
     if not (Path(stopped.run_dir) / "run.json").is_file():
         return "nothing was recorded; start the run again"
     cmd = ["bench", "all", "--profile", args.profile or default_profile()]
-    only = getattr(args, "only", None) if args.command == "all" else args.cell
+    only = getattr(args, "only", None) if args.command == "all" else getattr(args, "cell", None)
     if only is not None:
         cmd += ["--only", only]
     cmd += ["--run-id", stopped.run_id]

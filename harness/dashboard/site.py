@@ -34,6 +34,7 @@ from typing import Any
 from harness import compare, history, report, results
 from harness.dashboard import charts
 from harness.errors import BenchError, InputError
+from harness.history import gate
 from harness.history.index import IndexUpdate
 
 MARKER = ".transfer-bench-dashboard"
@@ -170,19 +171,17 @@ def build_site(
     notes: list[str] = []
     comparison, why_none = None, ""
     try:
-        base = compare.find_baseline(profile, baseline_path)
+        comparison = gate.comparison(latest_dir, baseline_path, history_db=update.db_path)
     except BenchError as exc:
         if baseline_path is not None:
             raise
         why_none = f"The baseline of profile {profile} cannot be used: {exc.message}"
         notes.append(why_none)
     else:
-        if base is None:
+        if comparison is None:
             why_none = (
                 f"No baseline for profile {profile}; accept one with `bench baseline accept RUN`."
             )
-        else:
-            comparison = compare.compare_cells(info, cells, base, baseline_path=base.path)
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
