@@ -58,7 +58,7 @@ from harness.results import CellResult, RunInfo
 
 TAG_RUN = "bench.run_id"
 TAG_CELL = "bench.cell_id"
-INSTALL_HINT = "install the mlflow extra: pip install 'transfer-bench[mlflow]'"
+INSTALL_HINT = "install the mlflow extra from uv.lock: . scripts/env.sh && ensure_env mlflow"
 _BATCH = 100  # MLflow's limit of params + tags per log_batch call
 # Environment keys too long or too many to be tags (summed up by packages_digest).
 _ENV_SKIP_PREFIXES = ("packages.", "git_dirty_paths", "numpy.simd.")
