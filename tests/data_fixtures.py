@@ -16,6 +16,7 @@ import struct
 import tarfile
 import threading
 import zipfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,6 +59,86 @@ def make_zip(src: Path, out: Path, *, arcname: str = "") -> Path:
             if path.is_file():
                 zf.write(path, str(Path(arcname) / path.relative_to(src)))
     return out
+
+
+def apple_double(xattrs: dict[str, bytes]) -> bytes:
+    """An AppleDouble file as macOS ``copyfile`` writes ``._<name>`` (what Finder's zips
+    and non-Mac volumes hold): header, a Finder-info entry whose tail is the "ATTR" block
+    of extended attributes, and an empty resource fork.
+
+    Format: Apple's AppleSingle/AppleDouble v2 (RFC 1740) with copyfile's attribute header.
+    """
+    finder_info = b"\0" * 32 + b"\0\0"  # 32 bytes of Finder info, 2 bytes of padding
+    names = [n.encode() + b"\0" for n in xattrs]
+    header_len, entry_lens = 36, [(11 + len(n) + 3) & ~3 for n in names]
+    attrs_start = 50 + len(finder_info)  # where the ATTR header sits in the file
+    data_start = attrs_start + header_len + sum(entry_lens)
+    entries, data, offset = b"", b"", data_start
+    for name, value in zip(names, xattrs.values(), strict=True):
+        entry = struct.pack(">IIHB", offset, len(value), 0, len(name)) + name
+        entries += entry + b"\0" * (-len(entry) % 4)
+        data += value
+        offset += len(value)
+    total = data_start + len(data)
+    attr_header = b"ATTR" + struct.pack(
+        ">IIII3IHH", 0, total, data_start, len(data), 0, 0, 0, 0, len(names)
+    )
+    info = finder_info + attr_header + entries + data
+    head = struct.pack(">II16sH", 0x00051607, 0x00020000, b"Mac OS X        ", 2)
+    descriptors = struct.pack(">III", 9, 50, len(info)) + struct.pack(">III", 2, 50 + len(info), 0)
+    return head + descriptors + info
+
+
+DS_STORE = b"\0\0\0\1Bud1" + b"\0" * 4086  # a .DS_Store's buddy-allocator header, empty
+
+
+def make_finder_zip(src: Path, out: Path) -> Path:
+    """``src`` zipped as macOS Finder's "Compress" does (``ditto -c -k --sequesterRsrc
+    --keepParent``): the folder itself as the top member, folder entries, Unix modes, a
+    ``.DS_Store`` in the top folder, and after every file an AppleDouble ``._<name>``
+    holding its extended attributes under ``__MACOSX/``."""
+    quarantine = {"com.apple.quarantine": b"0083;65f1c2a0;Safari;"}
+
+    def add(zf: zipfile.ZipFile, name: str, data: bytes | None, mode: int) -> None:
+        info = zipfile.ZipInfo(name, date_time=(2024, 3, 13, 10, 0, 0))
+        info.create_system = 3  # Unix
+        info.external_attr = mode << 16 | (0x10 if data is None else 0)
+        info.compress_type = zipfile.ZIP_STORED if data is None else zipfile.ZIP_DEFLATED
+        zf.writestr(info, b"" if data is None else data)
+
+    top = src.name
+    seen: set[str] = set()
+    with zipfile.ZipFile(out, "w") as zf:
+        add(zf, f"{top}/", None, 0o40755)
+        add(zf, f"{top}/.DS_Store", DS_STORE, 0o100644)
+        add(zf, "__MACOSX/", None, 0o40755)
+        add(zf, f"__MACOSX/{top}/", None, 0o40755)
+        add(zf, f"__MACOSX/{top}/._.DS_Store", apple_double({}), 0o100644)
+        for path in sorted(src.rglob("*")):
+            rel = f"{top}/{path.relative_to(src).as_posix()}"
+            if path.is_dir():
+                add(zf, f"{rel}/", None, 0o40755)
+                continue
+            add(zf, rel, path.read_bytes(), 0o100644)
+            parent = rel.rsplit("/", 1)[0]
+            if parent not in seen:
+                seen.add(parent)
+                add(zf, f"__MACOSX/{parent}/", None, 0o40755)
+            add(zf, f"__MACOSX/{parent}/._{path.name}", apple_double(quarantine), 0o100644)
+    return out
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A valid-looking 8-bit grayscale PNG whose IHDR declares ``width``×``height`` pixels
+    (its IDAT holds a few bytes): what a decompression bomb's header looks like."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def tar_with(out: Path, members: list[tarfile.TarInfo], payload: bytes = b"x") -> Path:

@@ -10,12 +10,24 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
-from data_fixtures import files_under, http_server, make_image_folders, run_cli, write_manifest
+from data_fixtures import (
+    DS_STORE,
+    apple_double,
+    files_under,
+    http_server,
+    make_finder_zip,
+    make_image_folders,
+    png_declaring,
+    run_cli,
+    write_manifest,
+)
 
 from harness import results
 from harness.manifest import LocalSource, load_manifest
@@ -195,5 +207,155 @@ def test_add_refuses_a_file_that_is_not_an_image(
     )
     assert code == 2 and err.count("\n") == 1
     assert "notes.txt" in err and "not an image" in err
+    # Named where the user has it, not by the temporary extraction.
+    assert f"{folder / 'train' / 'cat' / 'notes.txt'}: not an image" in err
+    assert ".add-" not in err and str(tmp_path / "data") not in err
     assert _manifest_bytes(home) == before
     assert [p for p in (tmp_path / "data").rglob("*") if p.is_file()] == []
+
+
+# --- platform metadata: Mac and Windows folders and archives ----------------------------
+
+PETS = {"train": {"cat": 6, "dog": 6}, "test": {"cat": 2, "dog": 2}}
+
+
+def _metadata_members(archive: Path) -> list[str]:
+    """The members of ``archive`` that are platform metadata files, by their own names."""
+    names = zipfile.ZipFile(archive).namelist()
+    return [
+        n
+        for n in names
+        if not n.endswith("/") and ("__MACOSX/" in n or n.rsplit("/", 1)[-1] == ".DS_Store")
+    ]
+
+
+def test_add_a_zip_made_by_macos_finder(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Finder's "Compress": __MACOSX/ with an AppleDouble ._<name> per file, a .DS_Store.
+    Issue 16: exit 2 with `class folder …/__MACOSX is empty`."""
+    archive = make_finder_zip(
+        make_image_folders(tmp_path / "src" / "pets", PETS), tmp_path / "pets.zip"
+    )
+    metadata = _metadata_members(archive)
+    assert len(metadata) == 16 + 2  # one ._ per image, the .DS_Store and its ._
+    code, out, err = run_cli(
+        capsys, "data", "add", "pets", "--from", str(archive), "--val-from-train", "2"
+    )
+    assert code == 0, err
+    entry = load_manifest().dataset("pets")
+    assert entry.class_names == ("cat", "dog")
+    assert entry.splits == {"train": 8, "val": 4, "test": 4}
+    assert entry.layout["root"] == "pets"
+    said = [line for line in out.splitlines() if line.startswith("ignored ")]
+    assert len(said) == 1 and said[0].startswith("ignored 18 platform metadata files"), out
+    assert "e.g. 'pets/.DS_Store'" in said[0]
+    # Never extracted: nothing of it on disk.
+    extracted = tmp_path / "data" / "archives" / "extracted" / "pets"
+    on_disk = [p.name for p in extracted.rglob("*")]
+    assert "__MACOSX" not in on_disk and ".DS_Store" not in on_disk
+    assert not [n for n in on_disk if n.startswith("._")]
+
+    # Fetching the same archive again (as a new clone would) says the same, in one line.
+    code, out, err = run_cli(capsys, "data", "fetch", "pets", "--from", str(archive))
+    assert code == 0, err
+    assert out.count("\n") == 1 and "ignored 18 platform metadata files" in out
+
+    code, out, err = run_cli(capsys, "data", "prepare", "pets", "--image-size", "16")
+    assert code == 0, err
+    assert "train 8" in out and "val 4" in out and "test 4" in out and "2 classes" in out
+
+    # A folder extracted before metadata was left out (an older harness) reads the same.
+    (extracted / "__MACOSX" / "pets" / "train" / "cat").mkdir(parents=True)
+    (extracted / "__MACOSX" / "pets" / "train" / "cat" / "._000.jpg").write_bytes(apple_double({}))
+    (extracted / "pets" / "train" / "dog" / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0" * 128)
+    code, out, err = run_cli(capsys, "data", "prepare", "pets", "--image-size", "12")
+    assert code == 0, err
+    assert "train 8" in out and "2 classes" in out
+
+
+def test_add_a_folder_from_mac_and_windows(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Finder zip unpacked by Info-ZIP unzip (so __MACOSX/ sits beside the data), then
+    opened on Windows (Thumbs.db, desktop.ini) and copied through a FAT drive (._<name>)."""
+    if shutil.which("unzip") is None:
+        pytest.skip("unzip is not installed (apt-get install unzip)")
+    archive = make_finder_zip(
+        make_image_folders(tmp_path / "src" / "pets", PETS), tmp_path / "pets.zip"
+    )
+    folder = tmp_path / "unzipped"
+    subprocess.run(["unzip", "-q", str(archive), "-d", str(folder)], check=True)
+    assert (folder / "__MACOSX" / "pets" / "train" / "cat" / "._000.jpg").is_file()
+    cat = folder / "pets" / "train" / "cat"
+    (cat / "Thumbs.db").write_bytes(bytes.fromhex("d0cf11e0a1b11ae1") + b"\0" * 504)
+    (cat / "desktop.ini").write_text("[.ShellClassInfo]\r\nIconResource=C:\\x.ico,0\r\n")
+    (cat / "._001.jpg").write_bytes(apple_double({"com.apple.lastuseddate#PS": b"\0" * 16}))
+    (folder / "pets" / "test" / ".DS_Store").write_bytes(DS_STORE)
+
+    code, out, err = run_cli(
+        capsys, "data", "add", "pets", "--from", str(folder), "--val-from-train", "2"
+    )
+    assert code == 0, err
+    entry = load_manifest().dataset("pets")
+    assert entry.class_names == ("cat", "dog")
+    assert entry.splits == {"train": 8, "val": 4, "test": 4}
+    # 18 from the Finder zip, Thumbs.db, desktop.ini, a ._ and a .DS_Store.
+    assert "ignored 22 platform metadata files" in out, out
+
+    # Windows writing another Thumbs.db does not change the packed folder: still verifies.
+    (folder / "pets" / "train" / "dog" / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0" * 64)
+    code, out, err = run_cli(capsys, "data", "fetch", "pets", "--from", str(folder))
+    assert code == 0, err
+    assert "ignored 23 platform metadata files" in out
+
+
+# --- decompression bombs and files that are not images, named as the user knows them ---
+
+
+def _bomb_tree(tmp: Path) -> Path:
+    folder = make_image_folders(
+        tmp / "pets", {"train": {"cat": 3, "dog": 3}, "val": {"cat": 1, "dog": 1}}
+    )
+    (folder / "train" / "cat" / "huge.png").write_bytes(png_declaring(200_000, 200_000))
+    return folder
+
+
+@pytest.mark.parametrize("given", ["zip", "folder"])
+def test_add_refuses_an_image_declaring_a_huge_size(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], given: str
+) -> None:
+    """A PNG whose header declares 200,000 × 200,000 px: exit 2 naming the member (issue
+    16: `internal error: DecompressionBombError`, exit 3)."""
+    folder = _bomb_tree(tmp_path / "src")
+    if given == "zip":
+        if shutil.which("zip") is None:
+            pytest.skip("zip is not installed (apt-get install zip)")
+        source = tmp_path / "pets.zip"
+        subprocess.run(["zip", "-q", "-r", str(source), "pets"], cwd=tmp_path / "src", check=True)
+        named = f"member 'pets/train/cat/huge.png' of {source}"
+    else:
+        source = folder
+        named = str(folder / "train" / "cat" / "huge.png")
+    before = _manifest_bytes(home)
+    code, _, err = run_cli(capsys, "data", "add", "pets", "--from", str(source))
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"{named}: declares 40,000,000,000 pixels, above the decompression-bomb limit" in err
+    assert "remove it and add the dataset again" in err
+    assert ".add-" not in err and str(tmp_path / "data") not in err
+    assert _manifest_bytes(home) == before
+    assert [p for p in (tmp_path / "data").rglob("*") if p.is_file()] == []
+
+
+def test_a_file_that_is_not_an_image_is_named_as_a_member(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = make_image_folders(tmp_path / "src" / "pets", {"train": {"cat": 3, "dog": 3}})
+    (folder / "train" / "dog" / "notes.txt").write_text("not a picture\n")
+    archive = shutil.make_archive(str(tmp_path / "pets"), "gztar", tmp_path / "src", "pets")
+    code, _, err = run_cli(
+        capsys, "data", "add", "pets", "--from", archive, "--val-from-train", "1"
+    )
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"member 'pets/train/dog/notes.txt' of {archive}: not an image" in err
+    assert ".add-" not in err

@@ -8,19 +8,23 @@ and refused even with ``--skip-corrupt``. The material is in ``tests/material`` 
 
 from __future__ import annotations
 
+import io
 import shutil
 import struct
 import subprocess
+import warnings
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
-from data_fixtures import folders_entry, run_cli, write_manifest
+from data_fixtures import folders_entry, png_declaring, run_cli, write_manifest
 from PIL import Image
 
 from harness.datasets import cache
+from harness.datasets.decode import ImageTooLarge, open_image
 from harness.datasets.loader import open_split
+from harness.errors import InputError
 
 MATERIAL = Path(__file__).resolve().parent / "material"
 SIZE = 64
@@ -147,7 +151,7 @@ def _png(width: int, height: int) -> bytes:
 
 @pytest.mark.parametrize(
     ("width", "needle"),
-    [(10_000, "above the decompression-bomb limit"), (30_000, "decompression bomb")],
+    [(10_000, "10,000×10,000 = 100,000,000 pixels"), (30_000, "900,000,000 pixels")],
     ids=["over-the-limit", "pillow-bomb-error"],
 )
 def test_decompression_bomb_image_is_named_and_refused(
@@ -164,6 +168,65 @@ def test_decompression_bomb_image_is_named_and_refused(
     for extra in ((), ("--skip-corrupt",)):  # a bomb is not a corrupt file to skip
         code, _, err = run_cli(capsys, "data", "prepare", "b", "--image-size", "16", *extra)
         assert code == 2 and err.count("\n") == 1, err
-        assert "huge.png" in err and needle in err
+        assert "member 'train/a/huge.png' of bomb.tar.gz" in err and needle in err
+        assert "above the decompression-bomb limit of 89,478,485 pixels" in err
+        assert str(env / "data") not in err  # the member, not the extracted path
         assert not (env / "data" / "prepared" / "b" / "16").exists()
         assert [p for p in (env / "data" / "prepared").rglob("*") if "staging" in p.name] == []
+
+
+def _gif_with_a_frame_of(side: int) -> bytes:
+    """An 8×8 GIF (Pillow's own) with a second frame whose descriptor claims side×side px:
+    Pillow judges its size only when it seeks to that frame, after the file is open."""
+    buf = io.BytesIO()
+    Image.new("L", (8, 8), 0).save(buf, "GIF")
+    one = buf.getvalue()
+    frame = one[one.index(b",") : -1]  # descriptor + LZW data of the first frame
+    return one[:-1] + b"," + struct.pack("<HHHH", 0, 0, side, side) + frame[9:] + b";"
+
+
+def _bomb_warnings(seen: list[warnings.WarningMessage]) -> list[str]:
+    return [str(w.message) for w in seen if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+def test_open_image_is_where_every_bomb_becomes_an_input_error(
+    env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pillow's DecompressionBombError and DecompressionBombWarning, at open or later (a GIF
+    frame), are one ImageTooLarge (exit 2) naming the file as the caller shows it."""
+    monkeypatch.delenv("BENCH_MAX_IMAGE_PIXELS", raising=False)
+    files = {
+        "huge.png": png_declaring(200_000, 200_000),  # Pillow's error at open
+        "big.png": png_declaring(10_000, 10_000),  # Pillow's warning at open
+        "error.gif": _gif_with_a_frame_of(20_000),  # Pillow's error at seek(1)
+        "warning.gif": _gif_with_a_frame_of(12_000),  # Pillow's warning at seek(1)
+    }
+    said = {
+        "huge.png": "declares 40,000,000,000 pixels",
+        "big.png": "declares 10,000×10,000 = 100,000,000 pixels",
+        "error.gif": "declares 400,000,000 pixels",
+        "warning.gif": "declares 144,000,000 pixels",
+    }
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for name, data in files.items():
+            (env / name).write_bytes(data)
+            with pytest.raises(InputError) as refused, open_image(env / name, f"m/{name}") as im:
+                im.seek(1) if name.endswith(".gif") else im.load()
+            assert isinstance(refused.value, ImageTooLarge) and refused.value.exit_code == 2
+            assert str(refused.value) == (
+                f"m/{name}: {said[name]}, above the decompression-bomb limit of 89,478,485 "
+                "pixels ($BENCH_MAX_IMAGE_PIXELS raises it); refusing to decode it"
+            )
+    assert _bomb_warnings(seen) == []  # turned into the error, never printed
+
+    # The environment raises the limit: 10,000² opens and a 12,000² frame is read, silently.
+    monkeypatch.setenv("BENCH_MAX_IMAGE_PIXELS", "150000000")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with open_image(env / "big.png") as im:
+            assert im.size == (10_000, 10_000)
+        with open_image(env / "warning.gif") as im:
+            im.seek(1)
+            assert im.size == (12_000, 12_000)
+    assert _bomb_warnings(seen) == []

@@ -158,10 +158,11 @@ def _fetch_one(name: str, from_path: Path | None, allow_unpinned: bool) -> str:
     assert isinstance(source, HttpsSource | LocalSource)
     if isinstance(entry, WeightsEntry):
         dest, got = archives.fetch_file(entry, from_path=from_path, allow_unpinned=allow_unpinned)
-        extracted = None
+        extracted, ignored = None, ()
     else:
         done = archives.fetch_dataset(entry, from_path=from_path, allow_unpinned=allow_unpinned)
         dest, got, extracted = done.path, done.digest, done.extracted
+        ignored = done.ignored
     note = f"fetched {dest}" if got else f"already fetched {dest}"
     if got and not source.pinned:
         note += f" (unpinned: sha256 {got.sha256}; record it with `bench data pin {name}`)"
@@ -169,7 +170,20 @@ def _fetch_one(name: str, from_path: Path | None, allow_unpinned: bool) -> str:
         note += f" (md5 verified; record its sha256 {got.sha256} with `bench data pin {name}`)"
     if extracted is not None:
         note += f", extracted to {extracted}"
+    if ignored:
+        note += f"; {ignored_line(ignored)}"
     return f"{name}: {note}"
+
+
+def ignored_line(names: tuple[str, ...] | list[str]) -> str:
+    """One line saying how many platform metadata files were left out, with an example."""
+    from harness.datasets.platform_meta import DESCRIPTION
+
+    n = len(names)
+    return (
+        f"ignored {n} platform metadata file{'' if n == 1 else 's'} ({DESCRIPTION}; e.g. "
+        f"{names[0]!r}): not data"
+    )
 
 
 def _profile_needs(profile: str) -> Any:
@@ -306,6 +320,8 @@ def cmd_add(args: argparse.Namespace) -> int:
         + f"; {entry['channels']} channel(s); sha256 {entry['source']['sha256']} "
         f"({added.archive}); regime {regime['data']} data, {regime['domain']} domain ({how})"
     )
+    if added.ignored:
+        print(ignored_line(added.ignored))
     print(
         f"next: bench data prepare {added.name} --image-size N, then name it in a profile's "
         f'[[cells]] datasets = ["{added.name}"] and run bench all --profile FILE.toml'

@@ -1,4 +1,9 @@
-"""``bench export mlflow RUN [--tracking-uri URI] [--experiment NAME]``: a run into MLflow."""
+"""``bench export mlflow RUN [--tracking-uri URI] [--experiment NAME]``: a run into MLflow.
+
+``--uri`` is the same option. A local folder (``./mlruns``, ``file:///…/mlruns``) is stored
+as current MLflow keeps local runs: ``sqlite:///<folder>/mlflow.db``
+(:func:`harness.exporters.mlflow.resolve_tracking_uri`).
+"""
 
 from __future__ import annotations
 
@@ -28,9 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("run", metavar="RUN", help="run id under reports/runs/, or a run folder")
     m.add_argument(
         "--tracking-uri",
+        "--uri",
+        dest="tracking_uri",
         default=None,
-        help="e.g. sqlite:///mlflow.db, a folder, or a server such as http://127.0.0.1:5000 "
-        "(default: $MLFLOW_TRACKING_URI)",
+        help="a folder or file:// URI (runs go to <folder>/mlflow.db, SQLite, as current "
+        "MLflow keeps local runs), sqlite:///mlflow.db, or a server such as "
+        "http://127.0.0.1:5000 (default: $MLFLOW_TRACKING_URI)",
     )
     m.add_argument(
         "--experiment", default=None, help="experiment name (default: transfer-bench-<profile>)"
@@ -44,7 +52,7 @@ def run_mlflow(args: argparse.Namespace) -> int:
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         raise InputError(
-            "bench export mlflow: no tracking URI; pass --tracking-uri URI (e.g. "
+            "bench export mlflow: no tracking URI; pass --tracking-uri URI (e.g. ./mlruns, "
             "sqlite:///mlflow.db or http://127.0.0.1:5000) or set MLFLOW_TRACKING_URI"
         )
     run_dir = baseline.resolve_run_dir(args.run)

@@ -9,7 +9,12 @@ usual bounds, then inspected as an ``image-folders`` layout:
   (also ``valid``, ``validation``) and ``test``; a folder of class folders only is the
   ``train`` split;
 - classes are the train split's sub-folders; every file must be an image Pillow can
-  identify (the first that is not is named);
+  identify, within the decompression-bomb limit (the first that is not is named: by its
+  path in the given folder, or as a member of the given archive, never by the temporary
+  extraction);
+- platform metadata (``__MACOSX/``, ``._*``, ``.DS_Store``, ``Thumbs.db``,
+  ``desktop.ini``) is left out when the folder is packed or the archive extracted, and
+  counted (:attr:`Added.ignored`);
 - a missing ``val`` split is carved out of train by ``val_from_train`` (per class, a
   fraction or a count, seeded), and refused without one: every cell validates on val.
 
@@ -28,6 +33,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +43,7 @@ from harness import jsonio
 from harness.datasets import archives, extract, layouts
 from harness.datasets.fetch import Pins, copy_local, download
 from harness.datasets.hashing import FileDigest
+from harness.datasets.platform_meta import is_platform_metadata
 from harness.errors import InputError
 from harness.manifest import (
     MANIFEST_KIND,
@@ -67,6 +74,7 @@ class Added:
     entry: dict[str, Any]
     archive: Path
     manifest: Path
+    ignored: tuple[str, ...] = ()  # platform metadata files left out (names in the input)
 
 
 def parse_val_from_train(text: str) -> dict[str, Any]:
@@ -99,7 +107,7 @@ def parse_regime(text: str) -> dict[str, str]:
 
 
 def _visible(p: Path) -> bool:
-    return not p.name.startswith(".")
+    return not p.name.startswith(".") and not is_platform_metadata(p.name)
 
 
 def _dirs(folder: Path) -> list[Path]:
@@ -134,26 +142,31 @@ def find_splits(top: Path) -> tuple[str, dict[str, str]]:
     return rel, named
 
 
-def _check_images(root: Path, splits: dict[str, str]) -> int:
-    """Every file under the split folders is an identifiable image; returns channels (1|3)."""
-    from PIL import Image, UnidentifiedImageError
+def _check_images(root: Path, splits: dict[str, str], shown: Callable[[Path], str]) -> int:
+    """Every file under the split folders is an identifiable image within the
+    decompression-bomb limit; returns channels (1|3). Errors name files by ``shown``."""
+    from PIL import UnidentifiedImageError
+
+    from harness.datasets.decode import ImageTooLarge, open_image
 
     gray = True
     for folder in splits.values():
         for path in sorted((root / folder).rglob("*")):
             rel = path.relative_to(root / folder)
-            if not path.is_file() or any(part.startswith(".") for part in rel.parts):
+            if not path.is_file() or not all(_visible(Path(part)) for part in rel.parts):
                 continue
             if len(rel.parts) == 1:
                 continue  # a file beside the class folders: the layout ignores it
             try:
-                with Image.open(path) as im:
+                with open_image(path, shown(path)) as im:
                     gray = gray and im.mode in GRAY_MODES
+            except ImageTooLarge as exc:
+                raise InputError(f"{exc.message}; remove it and add the dataset again") from None
             except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
                 why = "not an image" if isinstance(exc, UnidentifiedImageError) else str(exc)
                 raise InputError(
-                    f"{path}: {why}; remove it (or move it out of the class folders) and add "
-                    "the dataset again"
+                    f"{shown(path)}: {why}; remove it (or move it out of the class folders) "
+                    "and add the dataset again"
                 ) from None
     return 1 if gray else 3
 
@@ -181,8 +194,11 @@ def _regime(
     return regime
 
 
-def _stage_input(source: str, name: str, staged_dir: Path) -> tuple[dict[str, Any], Path, str]:
-    """(source JSON without pins, staged file, archive file name) of the input."""
+def _stage_input(
+    source: str, name: str, staged_dir: Path, ignored: list[str]
+) -> tuple[dict[str, Any], Path, str]:
+    """(source JSON without pins, staged file, archive file name) of the input; a folder's
+    platform metadata files, left out of its tar, go to ``ignored``."""
     if re.match(r"^[a-z]+://", source):
         parts = urlsplit(source)
         filename = Path(parts.path).name or f"{name}.archive"
@@ -194,8 +210,36 @@ def _stage_input(source: str, name: str, staged_dir: Path) -> tuple[dict[str, An
         raise InputError(f"--from {source}: no such file or folder")
     filename = f"{name}.tar" if path.is_dir() else path.name
     staged = staged_dir / filename
-    copy_local(path, staged, Pins(), what=f"dataset {name!r}")
+    copy_local(path, staged, Pins(), what=f"dataset {name!r}", ignored=ignored)
     return {"type": "local", "filename": filename}, staged, filename
+
+
+def _given_folder(source: str) -> Path | None:
+    """The folder ``--from`` names, if it names one."""
+    if re.match(r"^[a-z]+://", source):
+        return None
+    path = Path(source).expanduser()
+    return path if path.is_dir() else None
+
+
+def _namer(source: str, extracted: Path) -> Callable[[Path], str]:
+    """How errors name a file of the extracted input: by its path in the folder given, or
+    as a member of the archive given; never by the temporary extraction."""
+    folder = _given_folder(source)
+    if folder is not None:
+        return lambda p: str(folder / p.relative_to(extracted))
+    return lambda p: f"member {p.relative_to(extracted).as_posix()!r} of {source}"
+
+
+def _unstaged(message: str, source: str, work: Path, staged: Path | None) -> str:
+    """``message`` with the temporary staging paths replaced by what the user gave."""
+    folder = _given_folder(source)
+    extracted = work / "extracted"
+    message = message.replace(f"{extracted}/", f"{folder}/" if folder else f"{source}:")
+    message = message.replace(str(extracted), str(folder or source))
+    if staged is not None:
+        message = message.replace(str(staged), str(folder or source))
+    return message
 
 
 def add_dataset(
@@ -225,18 +269,20 @@ def add_dataset(
     folder = archives.extracted_dir(name).parent
     folder.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{name}.add-", dir=folder))
+    staged: Path | None = None
+    ignored: list[str] = []
     try:
-        src_json, staged, filename = _stage_input(source, name, work)
+        src_json, staged, filename = _stage_input(source, name, work, ignored)
         for other in manifest.datasets.values():
             if other.name != name and getattr(other.source, "filename", None) == filename:
                 raise InputError(
                     f"archive name {filename!r} is already used by dataset {other.name!r}; "
                     "rename the file (or pick another dataset name for a folder)"
                 )
-        extracted = extract.safe_extract(staged, work / "extracted")
+        extracted = extract.safe_extract(staged, work / "extracted", ignored=ignored)
         root, split_dirs = find_splits(extracted)
         root_path = extracted / root
-        channels = _check_images(root_path, split_dirs)
+        channels = _check_images(root_path, split_dirs, _namer(source, extracted))
         if "val" in split_dirs and val_from_train:
             raise InputError(
                 f"{source}: has a val split ({split_dirs['val']!r}); drop --val-from-train"
@@ -280,7 +326,11 @@ def add_dataset(
         os.replace(staged, dest)
         archives.write_record(entry, dest, "extracted", digest=got)
         jsonio.write_json(manifest.path, raw, kind=MANIFEST_KIND, schema=MANIFEST_SCHEMA)
-        return Added(name, entry_json, dest, manifest.path)
+        return Added(name, entry_json, dest, manifest.path, tuple(ignored))
+    except InputError as exc:
+        if str(work) not in exc.message:
+            raise
+        raise InputError(_unstaged(exc.message, source, work, staged)) from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -54,6 +54,19 @@ def _record(name: str) -> Path:
     return paths.archives_dir() / "extracted" / f"{name}.json"
 
 
+def shown(path: str | Path) -> str:
+    """How an error names ``path``: ``member 'train/cat/x.png' of pets.zip`` for a file of an
+    extracted archive (the name the user knows), any other path as it is."""
+    try:
+        rel = Path(path).relative_to(paths.archives_dir() / "extracted")
+    except ValueError:
+        return str(path)
+    rec = _read_record(rel.parts[0]) if len(rel.parts) > 1 else None
+    if rec is None or not rec.get("archive"):
+        return str(path)
+    return f"member {Path(*rel.parts[1:]).as_posix()!r} of {rec['archive']}"
+
+
 def pins_of(source: FetchedSource) -> Pins:
     return Pins(size=source.size, sha256=source.sha256, md5=source.md5)
 
@@ -214,11 +227,12 @@ def _staged(source: FetchedSource) -> Path:
     return paths.archives_dir() / f".{source.filename}.new"
 
 
-def _extract_into_place(entry: DatasetEntry, archive: Path) -> None:
-    """Extract ``archive`` (bounded) into the entry's folder; the old folder stays on refusal."""
+def _extract_into_place(entry: DatasetEntry, archive: Path, ignored: list[str]) -> None:
+    """Extract ``archive`` (bounded) into the entry's folder; the old folder stays on refusal.
+    The platform metadata files left out go to ``ignored``."""
     folder = extracted_dir(entry.name)
     extract.clean_stale(folder)
-    extract.safe_extract(archive, folder, limits_for(entry, archive))
+    extract.safe_extract(archive, folder, limits_for(entry, archive), ignored=ignored)
 
 
 @dataclass(frozen=True)
@@ -228,6 +242,7 @@ class Fetched:
     path: Path
     digest: FileDigest | None  # None: the file was already there and verified
     extracted: Path | None  # the extracted folder (None for layouts read from the file)
+    ignored: tuple[str, ...] = ()  # platform metadata files left out (__MACOSX/, ._*…)
 
 
 def fetch_dataset(
@@ -245,6 +260,7 @@ def fetch_dataset(
             f"--from PATH/{source.filename}`"
         )
     refuse_unpinned(entry.name, source, allow_unpinned=allow_unpinned)
+    ignored: list[str] = []
     with lock(source.filename):
         staged = _staged(source)
         staged.unlink(missing_ok=True)  # left by a killed fetch
@@ -259,33 +275,39 @@ def fetch_dataset(
                     if isinstance(source, LocalSource):
                         raise
                 else:
-                    _extract_published(entry, dest, got, needs_extract)
-                    return Fetched(dest, None, folder)
+                    _extract_published(entry, dest, got, needs_extract, ignored)
+                    return Fetched(dest, None, folder, tuple(ignored))
         what = f"{entry.name!r} ({source.filename})"
         part = part_path(dest)
         try:
             if from_path is not None:
-                got = copy_local(Path(from_path), staged, pins_of(source), what=what, part=part)
+                got = copy_local(
+                    Path(from_path), staged, pins_of(source), what=what, part=part, ignored=ignored
+                )
             else:
                 assert isinstance(source, HttpsSource)
                 bad = dest.with_name(dest.name + ".bad")
                 got = download(source.url, staged, pins_of(source), what=what, part=part, bad=bad)
             if needs_extract:
-                _extract_into_place(entry, staged)
+                _extract_into_place(entry, staged, ignored)
             os.replace(staged, dest)
         finally:
             staged.unlink(missing_ok=True)
         write_record(entry, dest, "extracted" if needs_extract else "verified", digest=got)
-        return Fetched(dest, got, folder)
+        return Fetched(dest, got, folder, tuple(ignored))
 
 
 def _extract_published(
-    entry: DatasetEntry, archive: Path, digest: FileDigest, needs_extract: bool
+    entry: DatasetEntry,
+    archive: Path,
+    digest: FileDigest,
+    needs_extract: bool,
+    ignored: list[str] | None = None,
 ) -> None:
     """Extract an archive already in place; a refusal is recorded (``bench data list``)."""
     if needs_extract:
         try:
-            _extract_into_place(entry, archive)
+            _extract_into_place(entry, archive, [] if ignored is None else ignored)
         except InputError as exc:
             write_record(entry, archive, "refused", digest=digest, reason=exc.message)
             raise

@@ -3,9 +3,10 @@
 Work is cut into chunks of files (or of in-memory images from an ``.npz``); each chunk
 is decoded by :mod:`harness.datasets.decode` in a process pool (inline for one worker)
 and written straight into the staging memmap. An undecodable file stops the build with
-its name, unless ``skip_corrupt``: then it is dropped and counted in ``meta.json``
-(a decompression bomb stops it either way). ``meta.json`` also counts, per conversion,
-how many images needed it (``conversions``: EXIF orientation, grayscale, 16-bit, alpha…).
+its name (as a member of its archive, :func:`.archives.shown`), unless ``skip_corrupt``:
+then it is dropped and counted in ``meta.json`` (a decompression bomb stops it either
+way). ``meta.json`` also counts, per conversion, how many images needed it
+(``conversions``: EXIF orientation, grayscale, 16-bit, alpha…).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 import PIL
 
-from harness.datasets import decode
+from harness.datasets import archives, decode
 from harness.datasets.cache import CacheWriter
 from harness.datasets.layouts import ArraySplit, FileSplit, Plan
 from harness.errors import InputError
@@ -177,13 +178,14 @@ def build_cache(
                 if fatal:
                     _, path, reason, _ = fatal[0]
                     raise InputError(
-                        f"dataset {entry.name!r}: {path}: {reason}; remove or replace the file"
+                        f"dataset {entry.name!r}: {archives.shown(path)}: {reason}; remove or "
+                        "replace the file"
                     )
                 if failures and not skip_corrupt:
                     _, path, reason, _ = failures[0]
                     raise InputError(
-                        f"dataset {entry.name!r}: cannot decode {path}: {reason}; remove or "
-                        "replace the file, or pass --skip-corrupt"
+                        f"dataset {entry.name!r}: cannot decode {archives.shown(path)}: "
+                        f"{reason}; remove or replace the file, or pass --skip-corrupt"
                     )
                 if failures:
                     keep = np.ones(n, dtype=bool)

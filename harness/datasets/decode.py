@@ -25,21 +25,29 @@ which conversions it needed (counted in the cache's ``meta.json``, under ``conve
 - ``palette`` (``P``), ``cmyk`` (``CMYK``, Pillow's conversion) and ``other:<MODE>``
   (``YCbCr``, ``LAB``, ``HSV``…) convert to RGB.
 
-An image larger than ``max_pixels`` (Pillow's decompression-bomb limit, 89,478,485 pixels,
-or ``$BENCH_MAX_IMAGE_PIXELS``) is refused by name, even with ``--skip-corrupt``.
-The resize is bilinear with antialiasing, to S×S.
+Every image the harness reads is opened by :func:`open_image`: an image whose header
+declares more than ``max_pixels`` (Pillow's decompression-bomb limit, 89,478,485 pixels,
+or ``$BENCH_MAX_IMAGE_PIXELS``) is refused before it is decoded, and Pillow's own
+``DecompressionBombError`` / ``DecompressionBombWarning``, wherever they fire, become the
+same :class:`ImageTooLarge` (an input error, exit 2) naming the file as the caller shows
+it (an archive member, not a temporary path). ``prepare`` refuses it even with
+``--skip-corrupt``. The resize is bilinear with antialiasing, to S×S.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
+
+from harness.errors import InputError
 
 _RESAMPLE = Image.Resampling.BILINEAR
 _ORIENTATION = ExifTags.Base.Orientation
@@ -73,6 +81,66 @@ def max_pixels() -> int:
         if value > 0:
             return value
     return int(Image.MAX_IMAGE_PIXELS or 89_478_485)
+
+
+class ImageTooLarge(InputError):
+    """An image above the decompression-bomb limit (exit 2); ``reason`` without the name."""
+
+    def __init__(self, shown: str, reason: str) -> None:
+        super().__init__(f"{shown}: {reason}")
+        self.shown = shown
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        return type(self), (self.shown, self.reason)
+
+
+def _too_large(shown: str, limit: int, pixels: int | None, size: str = "") -> ImageTooLarge:
+    said = f"declares {size}{pixels:,} pixels" if pixels is not None else "is too large"
+    return ImageTooLarge(
+        shown,
+        f"{said}, above the decompression-bomb limit of {limit:,} pixels "
+        f"(${ENV_MAX_PIXELS} raises it); refusing to decode it",
+    )
+
+
+def _pillow_pixels(exc: Exception) -> int | None:
+    """The pixel count in Pillow's bomb message ("Image size (N pixels) exceeds …")."""
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    return int(found.group(1)) if found else None
+
+
+@contextlib.contextmanager
+def open_image(path: str | Path, shown: str | None = None) -> Iterator[Image.Image]:
+    """``Image.open(path)`` within the decompression-bomb limit (:func:`max_pixels`).
+
+    An image whose declared width × height is above the limit, and Pillow's own
+    ``DecompressionBombError`` or ``DecompressionBombWarning`` raised at open or later in
+    the ``with`` block (a frame, a tile), are :class:`ImageTooLarge` naming ``shown``
+    (default: ``path``). Other errors (not an image, truncated…) pass through as Pillow
+    raises them.
+    """
+    shown = str(path) if shown is None else shown
+    limit = max_pixels()
+    # Above Pillow's own limit (raised by the environment) its warning is not a refusal.
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    later = "error" if pillow_limit is not None and limit <= pillow_limit else "ignore"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # judged below
+            im = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise _too_large(shown, limit, _pillow_pixels(exc)) from None
+    with im:
+        w, h = im.size
+        if w * h > limit:
+            raise _too_large(shown, limit, w * h, f"{w:,}×{h:,} = ")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter(later, Image.DecompressionBombWarning)
+                yield im
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise _too_large(shown, limit, _pillow_pixels(exc)) from None
 
 
 def _scale_to_8bit(im: Image.Image) -> Image.Image:
@@ -141,33 +209,20 @@ def to_8bit(im: Image.Image, tags: list[str]) -> Image.Image:
 def load_image(path: str | Path, size: int, tags: list[str] | None = None) -> np.ndarray:
     """Decode ``path`` and resize it to ``size``×``size`` RGB uint8 (module doc for the rules)."""
     tags = [] if tags is None else tags
-    limit = max_pixels()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                w, h = im.size
-                if w * h > limit:
-                    raise DecodeError(
-                        str(path),
-                        f"{w}×{h} = {w * h:,} pixels, above the decompression-bomb limit of "
-                        f"{limit:,} (${ENV_MAX_PIXELS} raises it); refusing to decode it",
-                        fatal=True,
-                    )
-                im.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when >= 2× larger
-                upright: Image.Image = im
-                orientation = im.getexif().get(_ORIENTATION)
-                if isinstance(orientation, int) and 2 <= orientation <= 8:
-                    upright = ImageOps.exif_transpose(im)
-                    tags.append("exif-orientation")
-                out = to_8bit(upright, tags)
-                if out.size != (size, size):
-                    out = out.resize((size, size), _RESAMPLE)
-                arr = np.asarray(out, dtype=np.uint8)
-    except DecodeError:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise DecodeError(str(path), f"decompression bomb ({exc})", fatal=True) from None
+        with open_image(path) as im:
+            im.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when >= 2× larger
+            upright: Image.Image = im
+            orientation = im.getexif().get(_ORIENTATION)
+            if isinstance(orientation, int) and 2 <= orientation <= 8:
+                upright = ImageOps.exif_transpose(im)
+                tags.append("exif-orientation")
+            out = to_8bit(upright, tags)
+            if out.size != (size, size):
+                out = out.resize((size, size), _RESAMPLE)
+            arr = np.asarray(out, dtype=np.uint8)
+    except ImageTooLarge as exc:
+        raise DecodeError(str(path), exc.reason, fatal=True) from None
     except Image.UnidentifiedImageError:
         raise DecodeError(str(path), "not an image (Pillow cannot identify it)") from None
     except (OSError, SyntaxError, ValueError, TypeError) as exc:

@@ -15,6 +15,11 @@ from the bytes actually written (headers can lie):
 Extraction goes to a hidden staging folder that is renamed into place only when
 complete, so a refused or broken archive leaves nothing: no extracted files, and any
 earlier extraction in place as it was.
+
+Platform metadata (``__MACOSX/``, ``._*``, ``.DS_Store``, ``Thumbs.db``…, see
+:mod:`.platform_meta`) is checked for safety like any member but never written, and not
+counted against the bounds of what is written (up to ``max_members`` of it is read): a
+zip made by macOS Finder holds one such member for every file.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from harness.datasets.platform_meta import is_platform_metadata
 from harness.errors import InputError
 
 RATIO_FLOOR = 16 << 20  # the compression ratio is judged once the expansion passes 16 MiB
@@ -98,14 +104,19 @@ class _Budget:
         self.limits = limits
         self.size = max(1, archive.stat().st_size)
         self.members = 0
+        self.metadata = 0  # platform metadata members: read, never written
         self.bytes = 0
 
-    def member(self) -> None:
-        self.members += 1
+    def member(self, *, metadata: bool = False) -> None:
+        if metadata:
+            self.metadata += 1
+        else:
+            self.members += 1
         lim = self.limits
-        if self.members > lim.max_members:
+        if max(self.members, self.metadata) > lim.max_members:
+            what = "platform metadata members" if self.metadata > lim.max_members else "members"
             raise ExtractionRefused(
-                f"archive {self.archive}: more than {lim.max_members:,} members, the bound "
+                f"archive {self.archive}: more than {lim.max_members:,} {what}, the bound "
                 f"({lim.members_why}); refusing to extract"
             )
 
@@ -131,9 +142,10 @@ def _scan_tar(archive: Path, tar: tarfile.TarFile, limits: Limits) -> list[tarfi
     budget = _Budget(archive, limits)
     members = []
     while (m := tar.next()) is not None:
-        budget.member()
+        skip = is_platform_metadata(m.name)
+        budget.member(metadata=skip)
         _check_tar_member(archive, m)
-        if m.isfile():
+        if m.isfile() and not skip:
             budget.add(m.size)
         members.append(m)
     return members
@@ -156,8 +168,9 @@ def check_zip(
     infos = zf.infolist()
     budget = _Budget(archive, limits) if limits else None
     for info in infos:
+        skip = is_platform_metadata(info.filename)
         if budget:
-            budget.member()
+            budget.member(metadata=skip)
         _check_name(archive, info.filename)
         mode = _zip_mode(info)
         if stat.S_ISLNK(mode):
@@ -169,7 +182,7 @@ def check_zip(
             raise _refuse(archive, info.filename, "is a symlink (not supported in zip archives)")
         if stat.S_IFMT(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
             raise _refuse(archive, info.filename, "is a device or fifo file")
-        if budget and not info.is_dir():
+        if budget and not info.is_dir() and not skip:
             budget.add(info.file_size)
             _check_member_ratio(archive, info, budget.limits)
     return infos
@@ -222,12 +235,14 @@ def _check_disk(archive: Path, folder: Path, needed: int) -> None:
         )
 
 
-def _extract_tar(archive: Path, staging: Path, limits: Limits) -> None:
+def _extract_tar(archive: Path, staging: Path, limits: Limits, ignored: list[str]) -> None:
     with tarfile.open(archive) as tar:
         members = _scan_tar(archive, tar, limits)
-        _check_disk(archive, staging, sum(m.size for m in members if m.isfile()))
+        kept = [m for m in members if not is_platform_metadata(m.name)]
+        ignored += [m.name for m in members if is_platform_metadata(m.name) and not m.isdir()]
+        _check_disk(archive, staging, sum(m.size for m in kept if m.isfile()))
         written = _Budget(archive, limits)
-        for m in members:
+        for m in kept:
             tar.extract(m, staging, filter="data", set_attrs=not m.isdir())
             if m.isfile():
                 # Count what is on disk, not what the header said.
@@ -239,12 +254,16 @@ def _zip_target(staging: Path, info: zipfile.ZipInfo) -> Path:
     return staging.joinpath(*parts) if parts else staging
 
 
-def _extract_zip(archive: Path, staging: Path, limits: Limits) -> None:
+def _extract_zip(archive: Path, staging: Path, limits: Limits, ignored: list[str]) -> None:
     with zipfile.ZipFile(archive) as zf:
         infos = check_zip(archive, zf, limits)
-        _check_disk(archive, staging, sum(i.file_size for i in infos if not i.is_dir()))
+        kept = [i for i in infos if not is_platform_metadata(i.filename)]
+        ignored += [
+            i.filename for i in infos if not i.is_dir() and is_platform_metadata(i.filename)
+        ]
+        _check_disk(archive, staging, sum(i.file_size for i in kept if not i.is_dir()))
         written = _Budget(archive, limits)
-        for info in infos:
+        for info in kept:
             target = _zip_target(staging, info)
             if info.is_dir():
                 target.mkdir(parents=True, exist_ok=True)
@@ -275,22 +294,30 @@ def clean_stale(dest: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def safe_extract(archive: Path, dest: Path, limits: Limits | None = None) -> Path:
+def safe_extract(
+    archive: Path,
+    dest: Path,
+    limits: Limits | None = None,
+    *,
+    ignored: list[str] | None = None,
+) -> Path:
     """Extract ``archive`` (tar, tar.gz/bz2/xz or zip) into ``dest``, replacing it atomically.
 
     ``limits`` default to :func:`default_limits` (bounds derived from the archive's size).
+    The names of the platform metadata files left out are appended to ``ignored``.
     """
     archive, dest = Path(archive), Path(dest)
     fmt = archive_format(archive)
     limits = limits or default_limits(archive)
+    left_out: list[str] = []
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.extract-", dir=dest.parent))
     try:
         try:
             if fmt == "tar":
-                _extract_tar(archive, staging, limits)
+                _extract_tar(archive, staging, limits, left_out)
             else:
-                _extract_zip(archive, staging, limits)
+                _extract_zip(archive, staging, limits, left_out)
         except tarfile.FilterError as exc:
             raise InputError(f"archive {archive}: {exc}; refusing to extract") from None
         except (tarfile.TarError, zipfile.BadZipFile, EOFError, zipfile.LargeZipFile) as exc:
@@ -310,4 +337,6 @@ def safe_extract(archive: Path, dest: Path, limits: Limits | None = None) -> Pat
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    if ignored is not None:
+        ignored += left_out
     return dest

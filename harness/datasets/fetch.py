@@ -240,9 +240,18 @@ def download(
 
 
 def copy_local(
-    src: Path, dest: Path, pins: Pins, *, what: str, part: Path | None = None
+    src: Path,
+    dest: Path,
+    pins: Pins,
+    *,
+    what: str,
+    part: Path | None = None,
+    ignored: list[str] | None = None,
 ) -> FileDigest:
-    """Copy a local file (or pack a folder, see :mod:`.pack`) to ``dest``, verified."""
+    """Copy a local file (or pack a folder, see :mod:`.pack`) to ``dest``, verified.
+
+    Packing a folder appends the platform metadata files it left out to ``ignored``.
+    """
     src = Path(src).expanduser()
     if not src.exists():
         raise InputError(f"{what}: {src} does not exist")
@@ -253,7 +262,7 @@ def copy_local(
         if src.is_dir():
             from harness.datasets.pack import pack_folder
 
-            pack_folder(src, sink)
+            pack_folder(src, sink, ignored=ignored)
         else:
             with open(src, "rb") as fh, _progress(dest.name, src.stat().st_size) as advance:
                 _copy_stream(fh, sink, advance)

@@ -7,7 +7,9 @@ manifest (class names or count, split sizes) before anything is decoded. Layouts
 seeded ``layout.val_from_train`` rule), ``cub-200-2011`` (the Caltech index files), ``npz``
 (MedMNIST arrays) and derived subsets (``source.type == "derived"``) that select files
 of their parent by the manifest's rule. Every path a layout names is resolved and must
-stay inside the dataset's own extracted folder.
+stay inside the dataset's own extracted folder. Hidden entries (a leading ``.``) and
+platform metadata (``__MACOSX/``, ``Thumbs.db``…, :mod:`.platform_meta`) are neither
+classes nor images.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.datasets import archives
+from harness.datasets.platform_meta import is_platform_metadata
 from harness.errors import InputError
 from harness.manifest import DatasetEntry, DerivedSource, Manifest
 
@@ -87,7 +90,7 @@ def _check_counts(entry: DatasetEntry, plan: Plan) -> None:
 
 
 def _visible(path: Path) -> bool:
-    return not path.name.startswith(".")
+    return not path.name.startswith(".") and not is_platform_metadata(path.name)
 
 
 def _descend(root: Path, expected: list[str]) -> Path:

@@ -24,6 +24,14 @@ The experiment is ``transfer-bench-<profile>`` unless named. For an ``sqlite:///
 the artifacts of a new experiment go to ``mlartifacts/`` beside the database (MLflow's own
 default is relative to the current folder); a server (``http://host:5000``) stores them
 where it was told to. ``mlflow`` is imported lazily: the core never needs it.
+
+**A local folder** (a plain path such as ``./mlruns``, or a ``file:`` URI) is stored the way
+current MLflow keeps local runs: in SQLite, ``sqlite:///<folder>/mlflow.db`` with artifacts
+in ``<folder>/mlartifacts`` (:func:`resolve_tracking_uri`; the export says so in one line).
+MLflow 3.7 made SQLite its default and refuses to write its legacy file store unless
+``MLFLOW_ALLOW_FILE_STORE=true``, which is honoured: then the folder is used as a file
+store. A folder that already holds a file store is refused (its runs would be left out of
+sight), naming ``mlflow migrate-filestore``.
 """
 
 from __future__ import annotations
@@ -34,10 +42,12 @@ import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 from harness import env as env_mod
 from harness import results
@@ -48,7 +58,7 @@ from harness.results import CellResult, RunInfo
 
 TAG_RUN = "bench.run_id"
 TAG_CELL = "bench.cell_id"
-INSTALL_HINT = "install the mlflow extra: pip install 'transfer-bench[mlflow]'"
+INSTALL_HINT = "install the mlflow extra from uv.lock: . scripts/env.sh && ensure_env mlflow"
 _BATCH = 100  # MLflow's limit of params + tags per log_batch call
 # Environment keys too long or too many to be tags (summed up by packages_digest).
 _ENV_SKIP_PREFIXES = ("packages.", "git_dirty_paths", "numpy.simd.")
@@ -65,13 +75,15 @@ class ExportResult:
     updated: tuple[str, ...]
     mlflow_run_ids: dict[str, str]  # cell id -> MLflow run id
     notes: tuple[str, ...] = ()
+    store_note: str | None = None  # how a folder given became the store (one line)
 
     def summary(self) -> str:
         text = (
             f"mlflow: {len(self.created)} run(s) created, {len(self.updated)} updated in "
             f"experiment {self.experiment!r} ({self.tracking_uri})"
         )
-        return "\n".join([text, *(f"mlflow: note: {n}" for n in self.notes)])
+        store = [f"mlflow: {self.store_note}"] if self.store_note else []
+        return "\n".join([*store, text, *(f"mlflow: note: {n}" for n in self.notes)])
 
 
 def _import_mlflow() -> Any:
@@ -80,6 +92,85 @@ def _import_mlflow() -> Any:
     except ImportError:
         raise InputError(f"mlflow is not installed in this environment; {INSTALL_HINT}") from None
     return mlflow
+
+
+_FILE_STORE_OPT_IN = "MLFLOW_ALLOW_FILE_STORE"  # MLflow's own switch back to its file store
+DATABASE_NAME = "mlflow.db"
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _holds_file_store(folder: Path) -> bool:
+    """True when ``folder`` holds MLflow file-store experiments (``<id>/meta.yaml``), the
+    test MLflow itself uses to keep an existing ``./mlruns`` as its default."""
+    try:
+        return any(
+            p.is_dir() and p.name.isdigit() and (p / "meta.yaml").exists() for p in folder.iterdir()
+        )
+    except OSError:
+        return False
+
+
+def _is_sqlite_file(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(len(_SQLITE_HEADER)) == _SQLITE_HEADER
+    except OSError:
+        return False
+
+
+def resolve_tracking_uri(uri: str) -> tuple[str, str | None]:
+    """(the URI MLflow is given for ``uri``, one line saying so when it differs).
+
+    A server or database URI passes unchanged. A local path or ``file:`` URI names a folder
+    (created if missing) whose store is ``sqlite:///<folder>/mlflow.db``, or an SQLite
+    database file (an existing one, or a new name ending in ``.db``/``.sqlite``), as
+    current MLflow keeps local runs; with ``MLFLOW_ALLOW_FILE_STORE=true`` a folder is
+    MLflow's legacy file store, as asked. A folder that already holds a file store, or a
+    file that is no database, is refused (InputError) with what to do.
+    """
+    text = uri.strip()
+    parts = urlsplit(text)
+    if text.lower().startswith("databricks") or (parts.scheme and parts.scheme != "file"):
+        return uri, None
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise InputError(
+                f"MLflow tracking URI {uri!r}: a file: URI on another host ({parts.netloc!r}) "
+                "is not a local folder; mount it, or run an MLflow server there"
+            )
+        path = Path(url2pathname(parts.path))
+    else:
+        path = Path(text)
+    path = path.expanduser().absolute()
+    if os.environ.get(_FILE_STORE_OPT_IN, "").strip().lower() in ("true", "1"):
+        return uri, None  # the user asked MLflow for its file store
+    if path.is_file() or (not path.exists() and path.suffix in (".db", ".sqlite", ".sqlite3")):
+        if path.exists() and not _is_sqlite_file(path):
+            raise InputError(
+                f"MLflow tracking URI {uri!r}: {path} is a file but not an SQLite database; "
+                "give a folder (its runs go to <folder>/mlflow.db) or a .db file"
+            )
+        return f"sqlite:///{path}", f"{uri} is an SQLite database file: runs go to sqlite:///{path}"
+    if _holds_file_store(path):
+        db = f"sqlite:///{path / DATABASE_NAME}"
+        raise InputError(
+            f"MLflow tracking URI {uri!r}: {path} holds an MLflow file store, which current "
+            f"MLflow no longer writes; move its runs into SQLite with `mlflow migrate-filestore "
+            f"--source {path} --target {db}` and export to {db}, or set "
+            f"{_FILE_STORE_OPT_IN}=true to keep writing the file store"
+        )
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(
+            f"MLflow tracking URI {uri!r}: cannot create the folder {path}: {exc.strerror or exc}"
+        ) from None
+    db = f"sqlite:///{path / DATABASE_NAME}"
+    return db, (
+        f"{uri} is a local folder: runs go to the SQLite store {db}, artifacts to "
+        f"{path / 'mlartifacts'} (current MLflow keeps local runs in SQLite; "
+        f"`mlflow ui --backend-store-uri {db}` shows them)"
+    )
 
 
 def default_experiment(profile: str) -> str:
@@ -227,14 +318,15 @@ def export_run(
     info = results.read_run(run_dir)
     cells = results.read_cells(run_dir)
     name = experiment or default_experiment(info.profile)
+    store_uri, store_note = resolve_tracking_uri(tracking_uri)
+    where = store_uri if store_uri == tracking_uri else f"{store_uri} (from {tracking_uri})"
     try:
         with _quiet():
-            return _export(mlflow, run_dir, info, cells, tracking_uri, name)
+            done = _export(mlflow, run_dir, info, cells, store_uri, name)
     except (MlflowException, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(
-            f"mlflow export of {run_dir} to {tracking_uri} failed: {first[:300]}"
-        ) from None
+        raise InputError(f"mlflow export of {run_dir} to {where} failed: {first[:300]}") from None
+    return replace(done, store_note=store_note)
 
 
 def _export(
