@@ -260,6 +260,22 @@ def _findings_section(f: findings_mod.Findings) -> list[str]:
     return out
 
 
+def _nothing_measured(cells: list[CellResult]) -> list[str]:
+    """The report of a run in which no cell ran: say so first, with the reasons, counted."""
+    reasons: dict[str, int] = {}
+    for c in cells:
+        why = (c.error or c.status).splitlines()[0] if not c.ok else ""
+        reasons[why] = reasons.get(why, 0) + 1
+    lines = [
+        "",
+        f"**Nothing was measured: none of the {len(cells)} cells ran** "
+        "(`bench all` exits 4, nothing to compare). Why:",
+        "",
+    ]
+    lines += [f"- {n} cell(s): {_cell(why)}" for why, n in sorted(reasons.items())]
+    return lines
+
+
 def _baseline_section(comparison: Comparison | None, profile: str, plot: str | None) -> list[str]:
     out = ["## Baseline comparison", ""]
     if comparison is None:
@@ -369,6 +385,7 @@ def render_markdown(
             if comparison is not None
             else []
         ),
+        *(_nothing_measured(cells) if not ok else []),
         "",
         "## Results matrix",
         "",

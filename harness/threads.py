@@ -4,14 +4,19 @@ Thread counts change both speed and numerics, so they are chosen here, once per 
 process, recorded in the cell result (``extra.threads``) and in the run's fingerprint
 (``thread_policy``), and keyed on by the exact comparison tier (:mod:`harness.reprokey`).
 
-The rule (:data:`RULE`), measured on a 2-core Xeon and a 2-core EPYC (README, "Threads"):
+The rule (:data:`RULE`), measured on the project's 2-core Intel Xeon CI machine (README,
+"Threads"; ``bench perf`` re-measures it on any machine as ``thread_efficiency``):
 
 * **intra-op threads** (TensorFlow's ``TF_NUM_INTRAOP_THREADS``, and the OpenMP/MKL/OpenBLAS
   pools, which oneDNN and numpy use) split one op across cores. They pay off only when an
-  op is big enough: a training step of MobileNetV2 at 32 px, alpha 0.35, batch 32 ran
-  1.3-1.9x *faster* on one thread than on two, while at 224 px two threads won. So the
-  count is the step's work (forward multiply-accumulates of a batch, :func:`step_macs`)
-  over :data:`MACS_PER_THREAD`, at least 1, at most the cores the process may use.
+  op is big enough: a training step of MobileNetV2 at 32 and 64 px, alpha 0.35, batch 32
+  ran 1.2-1.9x *faster* on one thread than on two, at 128 px two threads won by 10-20 %,
+  at 224 px (alpha 1.0) by 1.6-1.8x. So the count is the step's work (forward
+  multiply-accumulates of a batch, :func:`step_macs`: 0.15 GMAC at 64 px, 0.62 at 128)
+  over :data:`MACS_PER_THREAD`, at least 1, at most the cores the process may use. On a
+  many-core machine the same rule gives a 224 px, alpha 1.0, batch 64 cell 64 threads'
+  worth of work, so it uses every core it has, as TensorFlow's own guidance (intra-op =
+  physical cores for large models) would.
   Intra-op threads change the order of floating-point sums, so they change the last bits
   of every result: they are part of the reproducibility key.
 * **inter-op threads** (``TF_NUM_INTEROP_THREADS``) run independent ops side by side
@@ -61,9 +66,10 @@ MACS_224: tuple[tuple[float, float], ...] = (
     (1.4, 582e6),
 )
 
-# Work of one training step (forward MACs of a batch) per extra intra-op thread: below
-# this a second thread costs more in synchronisation than it saves (measured, README).
-MACS_PER_THREAD = 1.5e9
+# Work of one training step (forward MACs of a batch) per intra-op thread: below this a
+# second thread costs more in synchronisation than it saves (measured between 0.15 and
+# 0.62 GMAC per step on 2 cores, README).
+MACS_PER_THREAD = 0.3e9
 
 
 @dataclass(frozen=True)

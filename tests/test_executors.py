@@ -69,9 +69,12 @@ def cells_of(run_dir: Path) -> dict[str, CellResult]:
 
 
 def computed(c: CellResult) -> tuple:
-    """What a cell computes (must not depend on where it ran)."""
+    """What a cell computes, and the intra-op threads it chose by the thread rule (neither
+    may depend on where it ran: serial, --jobs or Dask give a 32 px cell one thread)."""
     curve = [(h.loss, h.accuracy, h.val_loss, h.val_accuracy) for h in c.history]
-    return (c.status, curve, c.weights_digest, c.test_accuracy, c.best_val_accuracy)
+    plan = c.extra["placement"]["thread_plan"]
+    threads = (plan["source"], plan["intra_op"], plan["rule"])
+    return (c.status, curve, c.weights_digest, c.test_accuracy, c.best_val_accuracy, threads)
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ KEYS = (
     "linear_probe_speedup",
     "prepare_images_per_s_per_core",
     "cell_start_s",
+    "thread_efficiency",
 )
 
 
@@ -60,6 +61,14 @@ def _details(**over: Any) -> dict[str, Any]:
             },
             "cell_start": {"median_s": 3.1, "samples_s": [3.0, 3.2]},
         },
+        "threads": {
+            "efficiency": 0.98,
+            "target": 0.95,
+            "cells": {
+                "fine-tune": {"efficiency": 1.0, "best": "rule"},
+                "full-fine-tune": {"efficiency": 0.96, "best": "intra1-inter2"},
+            },
+        },
         "cpu_count": 2,
         "load_average_1m_end": 1.0,
     }
@@ -75,7 +84,8 @@ def _details(**over: Any) -> dict[str, Any]:
 def test_every_target_holds() -> None:
     figures = perf.figures_from(_details())
     assert [f.key for f in figures] == list(KEYS)
-    assert [f.holds for f in figures] == [True, True, True, True, True, None]
+    assert [f.holds for f in figures] == [True, True, True, True, True, None, True]
+    assert "lowest full-fine-tune 0.960 (best there: intra1-inter2)" in figures[-1].note
     report = perf.PerfReport(False, figures, _details())
     assert report.exit_code == 0
     assert "every target holds" in perf.render_table(report)
@@ -89,6 +99,7 @@ def test_every_target_holds() -> None:
         ({"streaming__ratio_stream_over_memory": 0.9}, "streaming_ratio"),
         ({"cells__probe__speedup": 9.5}, "linear_probe_speedup"),
         ({"prepare__images_per_s_per_core": 200.0}, "prepare_images_per_s_per_core"),
+        ({"threads__efficiency": 0.94}, "thread_efficiency"),
     ],
 )
 def test_a_missed_target_fails_the_command(override: dict[str, Any], key: str) -> None:

@@ -1,4 +1,4 @@
-"""``bench perf``: is this installation fast? Six figures measured here, each against its target.
+"""``bench perf``: is this installation fast? Seven figures measured here, each against its target.
 
 =============================== ============================================ ===============
 key                             what                                         target
@@ -10,11 +10,14 @@ linear_probe_speedup            feature-extract time ÷ linear-probe time     >=
                                 to the same accuracy (both bests - 1 point)
 prepare_images_per_s_per_core   prepare (JPEG -> 224 px), per core-second    >= 0.9 × Pillow
 cell_start_s                    spawn to Keras imported, per cell process    (reported)
+thread_efficiency               smoke cells' train images/s at the thread    >= 0.95
+                                rule's setting ÷ the best of a sweep
 =============================== ============================================ ===============
 
 Where each is measured: :mod:`harness.perf.training` (overhead, streaming),
 :mod:`harness.perf.data` (loader, prepare), :mod:`harness.perf.cells` (linear probe,
-cell start). Everything runs in a temporary folder (its own ``BENCH_DATA_DIR``); nothing
+cell start), :mod:`harness.perf.threads` (thread efficiency). Everything runs in a
+temporary folder (its own ``BENCH_DATA_DIR``); nothing
 under the project is written. ``quick`` shrinks sizes and rounds to about a minute on an
 idle 2-core machine: its figures are indicative only. Timing figures on a shared machine
 move with the load around them: the JSON keeps the load average and the cross-checks
@@ -47,6 +50,7 @@ KEYS = (
     "linear_probe_speedup",
     "prepare_images_per_s_per_core",
     "cell_start_s",
+    "thread_efficiency",
 )
 PREPARE_TO_PILLOW = 0.9
 
@@ -67,9 +71,17 @@ class Sizes:
     probe_size: int
     probe_epochs: int
 
+    thread_rounds: int = 2
+    thread_strategies: tuple[str, ...] = (
+        "scratch",
+        "feature-extract",
+        "fine-tune",
+        "full-fine-tune",
+    )
+
 
 FULL = Sizes(40, 7, 1024, 9, 128, 3, 256, 2, 3, 224, 20)
-QUICK = Sizes(20, 3, 256, 3, 64, 2, 64, 2, 1, 32, 15)
+QUICK = Sizes(20, 3, 256, 3, 64, 2, 64, 2, 1, 32, 15, 1, ("full-fine-tune",))
 
 
 @dataclass(frozen=True)
@@ -118,6 +130,8 @@ def figures_from(details: dict[str, Any]) -> list[Figure]:
     """The table's figures from the measurements' details (pure; tested)."""
     ov, ld, st = details["overhead"], details["loader"], details["streaming"]
     pr, pb, cs = details["prepare"], details["cells"]["probe"], details["cells"]["cell_start"]
+    th = details["threads"]
+    worst = min(th["cells"], key=lambda k: th["cells"][k]["efficiency"])
     ratio = ov["ratio_harness_over_bare"]
     stream = st["ratio_stream_over_memory"]
     speed = pb["speedup"]
@@ -158,6 +172,13 @@ def figures_from(details: dict[str, Any]) -> list[Figure]:
             "cell_start_s", "start a cell: spawn to Keras imported", cs["median_s"], "s",
             "reported", None, f"median of {len(cs['samples_s'])}",
         ),
+        Figure(
+            "thread_efficiency", "smoke cells' train img/s, thread rule ÷ best of a sweep",
+            th["efficiency"], "ratio", f">= {th['target']:g}",
+            _at_least(th["efficiency"], th["target"]),
+            f"geometric mean of {len(th['cells'])} cells; lowest {worst} "
+            f"{th['cells'][worst]['efficiency']:.3f} (best there: {th['cells'][worst]['best']})",
+        ),
     ]  # fmt: skip
 
 
@@ -176,7 +197,7 @@ def _data_dir(folder: Path) -> Iterator[None]:
 
 def run_perf(*, quick: bool = False, progress: Callable[[str], None] | None = None) -> PerfReport:
     """Measure every figure (see the module doc) and return the report."""
-    from harness.perf import cells, data, training
+    from harness.perf import cells, data, threads, training
 
     say = progress or (lambda line: None)
     sizes = QUICK if quick else FULL
@@ -204,6 +225,10 @@ def run_perf(*, quick: bool = False, progress: Callable[[str], None] | None = No
         say("cells: feature-extract and linear-probe as cell processes")
         details["cells"] = cells.measure_cells(
             tmp, epochs=sizes.probe_epochs, image_size=sizes.probe_size
+        )
+        say("threads: the smoke cells under the thread rule and a sweep, interleaved")
+        details["threads"] = threads.measure_threads(
+            tmp, rounds=sizes.thread_rounds, strategies=sizes.thread_strategies
         )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

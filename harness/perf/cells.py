@@ -73,43 +73,18 @@ seeds = [0]
 
 def measure_cells(workdir: Path, *, epochs: int, image_size: int = 224) -> dict[str, Any]:
     """Run the two cells (see the module doc) under ``workdir``; their figures."""
-    from harness import results
     from harness.matrix import load_matrix
 
     profile = workdir / "perf-probe.toml"
     profile.write_text(
         PROFILE.format(weights=WEIGHTS, epochs=epochs, dataset=DATASET, size=image_size)
     )
-    runs = workdir / "runs"
-    env = dict(os.environ)
-    env.pop("BENCH_PROFILE", None)
-    env.update(
-        BENCH_HOME=str(paths.project_root()),
-        BENCH_DATA_DIR=str(workdir / "data"),
-        PYTHONUNBUFFERED="1",
-        TF_CPP_MIN_LOG_LEVEL="2",
-        BENCH_TENSORBOARD="0",
-    )
     cells: dict[str, Any] = {}
     starts: list[float] = []
     for i, cell in enumerate(load_matrix(str(profile)).cells):
-        run_id = f"c{i}"
-        cmd = [
-            sys.executable, "-m", "harness.cli", "run", cell.cell_id, "--profile", str(profile),
-            "--runs-dir", str(runs), "--run-id", run_id,
-        ]  # fmt: skip
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        run_dir = runs / run_id
-        path = run_dir / "cells" / results.cell_filename(cell.cell_id)
-        if proc.returncode != 0 or not path.is_file():
-            last = proc.stderr.strip().splitlines() or proc.stdout.strip().splitlines() or [""]
-            raise BenchError(
-                f"bench perf: cell {cell.cell_id} failed (exit {proc.returncode}): {last[-1]}",
-                exit_code=proc.returncode if proc.returncode in (1, 2) else 3,
-            )
-        cells[cell.strategy] = results.read_cell(path)
-        procs = json.loads((run_dir / "processes.json").read_text())["cells"]
-        starts += [p["start_seconds"] for p in procs if p.get("start_seconds") is not None]
+        result, start = run_cell(workdir, profile, cell.cell_id, f"c{i}")
+        cells[cell.strategy] = result
+        starts += [start] if start is not None else []
     fe, lp = cells["feature-extract"], cells["linear-probe"]
     cache_s = float(lp.extra.get("feature_cache", {}).get("seconds", 0.0))
     probe = probe_speedup(
@@ -129,6 +104,48 @@ def measure_cells(workdir: Path, *, epochs: int, image_size: int = 224) -> dict[
             "median_s": statistics.median(starts) if starts else None,
         },
     }
+
+
+def cell_env(workdir: Path, **more: str) -> dict[str, str]:
+    """The environment of a measured cell process: this project, the work folder's data,
+    TensorBoard off, and ``more`` (e.g. thread settings)."""
+    env = dict(os.environ)
+    env.pop("BENCH_PROFILE", None)
+    env.update(
+        BENCH_HOME=str(paths.project_root()),
+        BENCH_DATA_DIR=str(workdir / "data"),
+        PYTHONUNBUFFERED="1",
+        TF_CPP_MIN_LOG_LEVEL="2",
+        BENCH_TENSORBOARD="0",
+        **more,
+    )
+    return env
+
+
+def run_cell(
+    workdir: Path, profile: Path, cell_id: str, run_id: str, **env: str
+) -> tuple[Any, float | None]:
+    """``bench run CELL`` of ``profile`` into ``workdir/runs/run_id``: its result and its
+    process start cost (BenchError naming the cell when it fails)."""
+    from harness import results
+
+    runs = workdir / "runs"
+    cmd = [
+        sys.executable, "-m", "harness.cli", "run", cell_id, "--profile", str(profile),
+        "--runs-dir", str(runs), "--run-id", run_id,
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=cell_env(workdir, **env), capture_output=True, text=True)
+    run_dir = runs / run_id
+    path = run_dir / "cells" / results.cell_filename(cell_id)
+    if proc.returncode != 0 or not path.is_file():
+        last = proc.stderr.strip().splitlines() or proc.stdout.strip().splitlines() or [""]
+        raise BenchError(
+            f"bench perf: cell {cell_id} failed (exit {proc.returncode}): {last[-1]}",
+            exit_code=proc.returncode if proc.returncode in (1, 2) else 3,
+        )
+    procs = json.loads((run_dir / "processes.json").read_text())["cells"]
+    start = next((p["start_seconds"] for p in procs if p.get("start_seconds") is not None), None)
+    return results.read_cell(path), start
 
 
 def probe_speedup(

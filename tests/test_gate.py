@@ -1,0 +1,304 @@
+"""The gate's resolving power (issue 19), with real training on a tiny matrix.
+
+One recorded baseline (``bench baseline record``: 2 cells, 3 repeats, 2 noise seeds) on this
+machine's reproducibility key, then: an identical rerun (exact tier, every cell
+``identical``, no improvement), a one-line numerics change in a copy of the harness
+(every cell ``changed``, naming the first divergence), a run on another key (an intra-op
+thread override: the statistical tier, said so) and a baseline whose cells all differ in
+one config field (exit 4, naming it). The noise arithmetic is checked on its own, fast,
+against simulated noise whose true false-alarm rate is known.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import BENCH, REPO
+
+from harness import baseline, noise, reprokey, results
+from harness.errors import InputError
+from harness.perf import inject
+
+TINY = """
+[tolerances]
+accuracy_points = 1.0
+throughput_relative = 0.3
+[baseline]
+noise_seeds = 2
+repeats = 3
+[defaults]
+image_size = 32
+alpha = 0.35
+weights = "mnv2-synth-a035-32"
+batch_size = 32
+epochs = 1
+augmentation = "flip"
+target_accuracy = 0.6
+warmup_steps = 3
+inference_batch = 32
+inference_steps = 5
+inference_warmup = 1
+[[cells]]
+datasets = ["synth-xray"]
+strategies = ["fine-tune", "full-fine-tune"]
+precisions = ["float32"]
+seeds = [0]
+"""
+CELLS = ("synth-xray/fine-tune/float32/s0", "synth-xray/full-fine-tune/float32/s0")
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project home of its own (baselines are written under it), with the real manifest,
+    the shipped weights and the tiny profile."""
+    root = tmp_path_factory.mktemp("gate-home")
+    (root / "data").mkdir()
+    (root / "data" / "manifest.json").write_bytes((REPO / "data" / "manifest.json").read_bytes())
+    (root / "data" / "weights").symlink_to(REPO / "data" / "weights")
+    (root / "tiny.toml").write_text(TINY)
+    return root
+
+
+@pytest.fixture(scope="module")
+def bench(home: Path, bench_env: dict[str, str]) -> Callable[..., subprocess.CompletedProcess[str]]:
+    def run(*args: str, cwd: Path = REPO, **env: str) -> subprocess.CompletedProcess[str]:
+        full = {**bench_env, "BENCH_HOME": str(home), **env}
+        for var in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS", "TF_NUM_INTEROP_THREADS"):
+            if var not in env:
+                full.pop(var, None)
+        return subprocess.run(
+            [*BENCH, *args], cwd=cwd, env=full, capture_output=True, text=True, timeout=1500
+        )
+
+    return run
+
+
+def _all(bench: Callable[..., subprocess.CompletedProcess[str]], home: Path, run_id: str, **kw):
+    return bench(
+        "all", "--profile", str(home / "tiny.toml"), "--runs-dir", str(home / "runs"),
+        "--run-id", run_id, **kw,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def recorded(home: Path, bench: Callable[..., subprocess.CompletedProcess[str]]) -> Path:
+    proc = bench(
+        "baseline", "record", "--profile", str(home / "tiny.toml"),
+        "--runs-dir", str(home / "runs"), "--run-id", "rec",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "calibration: 2 noise seed(s) and 3 repeat(s) per cell" in proc.stdout
+    (path,) = (home / "reports" / "baselines" / "tiny").glob("*.json")
+    return path
+
+
+def _verdicts(stdout: str) -> dict[str, str]:
+    data = json.loads(stdout)
+    return {c["cell_id"]: c["verdict"] for c in data["cells"]}
+
+
+@pytest.mark.slow
+def test_record_keeps_noise_seeds_repeats_and_the_thread_rule(recorded: Path, home: Path) -> None:
+    base = baseline.load(recorded, profile="tiny")
+    assert recorded.name == f"{base.key_id}.json" and reprokey.complete(base.key)
+    assert base.key["threads.rule"] == "threads-v1" and base.key["threads.overrides"] is None
+    assert sorted(c.cell_id for c in base.cells) == sorted(CELLS)  # noise cells kept apart
+    for cid in CELLS:
+        assert base.noise[cid].seeds == (1000, 2000)
+        assert len(base.noise[cid].best_val_accuracy) == 2
+        cell = base.cell(cid)
+        assert cell is not None and cell.extra["repeats"]["repeats"] == 3
+        assert cell.extra["repeats"]["weights_digests_identical"] is True  # deterministic
+        plan = cell.extra["placement"]["thread_plan"]
+        # the rule on this 32 px cell: well under one thread's worth of work per step
+        assert plan["source"] == "rule" and plan["intra_op"] == 1 and plan["rule"] == "threads-v1"
+        assert cell.extra["placement"]["threads"]["TF_NUM_INTRAOP_THREADS"] == "1"
+    info = results.read_run(home / "runs" / "rec")
+    assert info.environment["thread_policy"]["rule"] == "threads-v1"
+
+
+@pytest.mark.slow
+def test_identical_rerun_is_identical_and_no_improvement(recorded, home, bench) -> None:
+    run = _all(bench, home, "rerun")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert "exact tier: run key" in run.stdout
+    proc = bench("compare", str(home / "runs" / "rerun"), "--json")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    data = json.loads(proc.stdout)
+    assert data["tier"] == "exact" and data["counts"]["improvement"] == 0
+    assert _verdicts(proc.stdout) == {cid: "identical" for cid in CELLS}
+    assert data["compared"] == 2 and data["gate_line"] is None
+
+
+@pytest.mark.slow
+def test_one_line_numerics_change_is_changed_on_every_cell(recorded, home, bench) -> None:
+    tree = inject.patched_copy(inject.NUMERICS_BUG, home / "injected")
+    env = {"PYTHONPATH": str(tree)}
+    run = bench(
+        "all", "--profile", str(home / "tiny.toml"), "--runs-dir", str(home / "runs"),
+        "--run-id", "numerics", cwd=tree, **env,
+    )  # fmt: skip
+    assert run.returncode == 1, run.stdout[-3000:] + run.stderr[-2000:]
+    proc = bench("compare", str(home / "runs" / "numerics"), "--json")
+    assert proc.returncode == 1
+    data = json.loads(proc.stdout)
+    assert data["tier"] == "exact"
+    assert _verdicts(proc.stdout) == {cid: "changed" for cid in CELLS}
+    for c in data["cells"]:
+        assert c["divergence"].startswith("first divergence: epoch 1 loss ")
+    assert "FAIL" in data["summary"] and "2 changed" in data["summary"]
+
+
+@pytest.mark.slow
+def test_another_key_falls_to_the_statistical_tier_and_says_so(recorded, home, bench) -> None:
+    run = _all(bench, home, "twothreads", TF_NUM_INTRAOP_THREADS="2")
+    assert run.returncode in (0, 1), run.stdout[-3000:] + run.stderr[-2000:]
+    proc = bench("compare", str(home / "runs" / "twothreads"), "--json")
+    data = json.loads(proc.stdout)
+    assert data["tier"] == "statistical"
+    assert "no baseline for this run key" in data["selection"]
+    assert any("threads.overrides" in d for d in data["key_differences"])
+    for c in data["cells"]:
+        assert c["tier"] == "statistical"
+        acc = next(m for m in c["metrics"] if m["metric"] == "best val accuracy")
+        assert 0 < acc["alpha"] < 0.01 and acc["se"] > 0  # a stated false-alarm rate
+    assert any("quasi-binomial" in line for line in data["noise_models"])
+    assert {m["metric"] for m in data["matrix_checks"]} == {"best val accuracy", "test accuracy"}
+    # within noise on accuracy; throughput under a test suite's load may move either way,
+    # so this asserts the accuracy verdicts only
+    for c in data["cells"]:
+        for m in c["metrics"]:
+            if m["unit"] == "points":
+                assert m["verdict"] == "within noise", (c["cell_id"], m)
+    plan = results.read_cells(home / "runs" / "twothreads")[0].extra["placement"]["thread_plan"]
+    assert plan["source"] == "environment" and plan["intra_op"] == 2
+
+
+@pytest.mark.slow
+def test_a_gate_that_compared_nothing_does_not_pass(recorded, home, bench) -> None:
+    if not (home / "runs" / "rerun" / "run.json").is_file():
+        assert _all(bench, home, "rerun").returncode == 0
+    # the baseline of the same run, with target_accuracy changed in every cell's config
+    data = json.loads(recorded.read_text())
+    for c in data["cells"]:
+        c["config"]["target_accuracy"] = 0.7
+    other = home / "other-target.json"
+    other.write_text(json.dumps(data))
+    proc = bench("compare", str(home / "runs" / "rerun"), "--baseline", str(other))
+    assert proc.returncode == 4, proc.stdout[-3000:] + proc.stderr
+    assert "NOT COMPARED" in proc.stdout.splitlines()[-1]
+    gate = next(line for line in proc.stdout.splitlines() if line.startswith("GATE OFF"))
+    assert "0 of 2 cells compared, 2 required" in gate
+    assert "target_accuracy (2 cells)" in gate
+
+
+def test_a_schema_1_baseline_is_read_and_upgraded() -> None:
+    """The smoke baseline as the previous wave committed it (schema 1, no key, no noise)."""
+    old = REPO / "tests" / "recorded" / "baseline-schema1-smoke.json"
+    assert json.loads(old.read_text())["schema"] == 1
+    base = baseline.load(old, profile="smoke")
+    assert base.key == reprokey.run_key(base.environment)
+    assert base.key["cpu.model"].startswith("AMD EPYC") and base.key["threads.rule"] is None
+    assert not reprokey.complete(base.key)  # it predates the thread rule: never exact
+    assert base.noise == {} and len(base.cells) == 12
+    assert "no noise seeds and no repeats" in baseline.calibration(base)
+
+
+def test_a_baseline_listing_a_cell_twice_is_refused(tmp_path: Path) -> None:
+    old = json.loads((REPO / "tests" / "recorded" / "baseline-schema1-smoke.json").read_text())
+    first = old["cells"][0]
+    worse = {**first, "best_val_accuracy": 0.10}
+    old["cells"].append(worse)
+    path = tmp_path / "twice.json"
+    path.write_text(json.dumps(old))
+    with pytest.raises(InputError, match="is listed twice") as err:
+        baseline.load(path)
+    assert first["cell_id"] in err.value.message and "\n" not in err.value.message
+
+
+# --- the noise arithmetic, against simulated noise of known size ------------------------
+
+
+def test_quasi_binomial_phi_is_recovered_from_seed_samples() -> None:
+    rng = random.Random(7)
+    n, phi = 200, 3.0
+    samples = []
+    for p in (0.3, 0.55, 0.8, 0.9) * 6:
+        sd = math.sqrt(phi * p * (1 - p) / n)
+        samples.append(([min(1.0, max(0.0, rng.gauss(p, sd))) for _ in range(5)], n))
+    model = noise.accuracy_model("best val accuracy", samples)
+    assert model.df == 24 * 4 and model.cells == 24
+    assert 2.0 < model.phi < 4.2
+
+
+def test_stated_false_alarm_rate_holds_under_the_null() -> None:
+    """Draw a baseline (5 seeds) and a run from one distribution, many times: the share of
+    flagged runs is the per-test rate the allowance states (within Monte-Carlo error)."""
+    rng = random.Random(11)
+    n, p, phi, alpha = 200, 0.8, 2.0, 0.05
+    model = noise.AccuracyModel("best val accuracy", phi, 10_000, 24, 5)  # phi known
+    sd = math.sqrt(phi * p * (1 - p) / n)
+    trials, flagged = 20_000, 0
+    for _ in range(trials):
+        base = [rng.gauss(p, sd) for _ in range(5)]
+        run = rng.gauss(p, sd)
+        allow = noise.accuracy_allowance(model, base, n, alpha, floor_points=0.0)
+        # se uses the baseline mean's p: close to p here
+        flagged += abs(100 * run - allow.center) > allow.limit
+    assert abs(flagged / trials - alpha) < 0.01
+
+
+def test_the_minimum_effect_floor_lowers_the_stated_rate() -> None:
+    model = noise.AccuracyModel("best val accuracy", 1.0, 0, 0, 1)
+    allow = noise.accuracy_allowance(model, [0.9], 10_000, 0.01, floor_points=5.0)
+    assert allow.floor_binding and allow.limit == 5.0 and allow.alpha < 1e-6
+
+
+def test_throughput_noise_is_robust_to_one_bad_night_and_symmetric() -> None:
+    rng = random.Random(3)
+    groups = [[1000 * math.exp(rng.gauss(0, 0.03)) for _ in range(5)] for _ in range(12)]
+    clean = noise.throughput_model(groups)
+    dirty = noise.throughput_model(groups, [[1000, 1010, 990, 400, 1005]])  # one bad night
+    assert 0.02 < clean.sd < 0.045 and dirty.sd < clean.sd * 1.3
+    # one limit on the log scale: a ratio and its inverse are equally far from "no change"
+    from harness.compare import IMPROVEMENT, REGRESSION, _verdict
+
+    allow = noise.throughput_allowance(clean, groups[0], [1000.0], 0.001, floor_relative=0.0)
+    step = allow.limit * 1.01
+    assert _verdict(-step, allow.limit) == REGRESSION
+    assert _verdict(step, allow.limit) == IMPROVEMENT
+
+
+def test_the_rate_is_split_between_families_and_sums_to_the_run_rate() -> None:
+    counts = {"a": 24, "m": 2, "t": 24}
+    per = noise.split(0.01, counts, {"a": 1.0, "m": 1.0, "t": 2.0})
+    assert math.isclose(sum(per[f] * counts[f] for f in counts), 0.01)
+    assert math.isclose(per["m"] * 2, 0.0025)
+    assert noise.split(0.01, {"a": 0, "m": 0, "t": 4}, {"a": 1, "m": 1, "t": 2})["t"] == 0.0025
+
+
+def test_thread_rule_is_measured_work_over_cores() -> None:
+    from harness import threads
+
+    small = threads.plan(image_size=32, alpha=0.35, batch_size=32, cores=16, environ={}, gpu=False)
+    assert small.intra_op == 1 and small.source == "rule" and small.inter_op == 16
+    big = threads.plan(image_size=224, alpha=1.0, batch_size=64, cores=16, environ={}, gpu=False)
+    assert big.intra_op == min(16, math.floor(300e6 * 64 / threads.MACS_PER_THREAD))
+    capped = threads.plan(image_size=224, alpha=1.0, batch_size=64, cores=2, environ={}, gpu=False)
+    assert capped.intra_op == 2
+    given = threads.plan(
+        image_size=32, alpha=0.35, batch_size=32, cores=2,
+        environ={"TF_NUM_INTRAOP_THREADS": "2"}, gpu=False,
+    )  # fmt: skip
+    assert given.source == "environment" and given.intra_op == 2
+    gpu = threads.plan(image_size=224, alpha=1.0, batch_size=64, cores=8, environ={}, gpu=True)
+    assert gpu.intra_op is None and gpu.environment() == {}
+    env: dict[str, str] = {}
+    threads.apply(small, env)
+    assert env["TF_NUM_INTRAOP_THREADS"] == env["OMP_NUM_THREADS"] == "1"
