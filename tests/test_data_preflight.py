@@ -29,6 +29,7 @@ alpha = 0.35
 weights = "none"
 batch_size = 8
 epochs = 1
+warmup_steps = 0
 """
 
 
