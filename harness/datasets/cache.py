@@ -6,8 +6,8 @@ N×H×W×3, always RGB), ``<split>.labels.npy`` (int32, N) and ``meta.json`` (ki
 digest. A :class:`CacheWriter` fills a hidden staging folder next to the final one and
 swaps it in only when everything is written, so a failure never touches an earlier cache.
 
-Before anything reads a cache, :func:`verify_cache` checks it (the pre-flight, once per run
-and size): every time, the cheap part — each ``.npy`` header against ``meta.json`` (dtype,
+Before cells read a cache, the pre-flight checks it with :func:`verify_cache` (once per run
+and size; ``bench data verify`` too): every time, the cheap part — each ``.npy`` header against ``meta.json`` (dtype,
 shape, order), each file's length (a truncated file), the labels (in range, at least two
 classes, every class in every split); and the digest of every byte, recomputed only when a
 file's signature (size, mtime, ctime, inode) differs from the one ``verified.json`` recorded
