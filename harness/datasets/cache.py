@@ -6,13 +6,13 @@ N×H×W×3, always RGB), ``<split>.labels.npy`` (int32, N) and ``meta.json`` (ki
 digest. A :class:`CacheWriter` fills a hidden staging folder next to the final one and
 swaps it in only when everything is written, so a failure never touches an earlier cache.
 
-Before cells read a cache, the pre-flight checks it with :func:`verify_cache` (once per run
-and size; ``bench data verify`` too): every time, the cheap part — each ``.npy`` header against ``meta.json`` (dtype,
-shape, order), each file's length (a truncated file), the labels (in range, at least two
-classes, every class in every split); and the digest of every byte, recomputed only when a
-file's signature (size, mtime, ctime, inode) differs from the one ``verified.json`` recorded
-at the last verification (or at publication), so a flipped byte is caught without hashing
-gigabytes on every run.
+Before cells read a cache, the pre-flight checks it with :func:`verify_cache` (once per
+run and size; ``bench data verify`` too). Every time, the cheap part: each ``.npy`` header
+against ``meta.json`` (dtype, shape, order), each file's length (a truncated file), the
+labels (in range, at least two classes, every class in every split). The digest of every
+byte only when a file's signature (size, mtime, ctime, inode) differs from the one
+``verified.json`` recorded at the last verification (or at publication): a flipped byte is
+caught without hashing gigabytes on every run.
 """
 
 from __future__ import annotations
