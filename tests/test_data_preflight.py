@@ -490,3 +490,32 @@ def test_devices_on_a_machine_without_a_gpu_are_refused(
     code, _, err = run_cli(capsys, *argv)
     assert code == 2 and err.count("\n") == 1 and not runs.exists(), err
     assert "pre-flight: --devices '0': no GPU is visible here" in err and "--jobs N" in err
+
+
+def test_devices_are_checked_against_the_gpus_visible_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GPU side of the same check, with an ``nvidia-smi`` that lists GPUs 0 and 1 (no GPU
+    is needed): visible ones pass, another index or a CPU-only backend build is refused."""
+    smi = tmp_path / "bin" / "nvidia-smi"
+    smi.parent.mkdir()
+    smi.write_text(
+        "#!/bin/sh\n"
+        'case "$*" in *uuid*) printf "0, GPU-a0, NVIDIA H100, 9.0\\n'
+        '1, GPU-b1, NVIDIA H100, 9.0\\n";; *) printf "0\\n1\\n";; esac\n'
+    )
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{smi.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    hostdevices.nvidia_gpus.cache_clear()
+    try:
+        monkeypatch.setattr(hostdevices, "backend_uses_gpus", lambda name: True)
+        preflight.check_devices(["0", "1"], "tensorflow")
+        preflight.check_devices(["GPU-b1"], "tensorflow")
+        with pytest.raises(InputError, match=r"--devices '0,5': GPU 5 is not visible here \("):
+            preflight.check_devices(["0", "5"], "tensorflow")
+        monkeypatch.setattr(hostdevices, "backend_uses_gpus", lambda name: False)
+        with pytest.raises(InputError, match="the installed tensorflow is a CPU-only build"):
+            preflight.check_devices(["0"], "tensorflow")
+    finally:
+        hostdevices.nvidia_gpus.cache_clear()
