@@ -5,15 +5,19 @@ its source (an https URL, a local archive, a synthetic generator + seed, or a ru
 derives it from another dataset), its pinned size and hash, the archive layout, class names
 or a class count, split sizes and the digest of the prepared cache per image size.
 :func:`load_manifest` refuses anything malformed with one line naming the file and field,
-including a key given twice anywhere (JSON would silently keep the last copy) and a layout
-path that leads outside the dataset's own folder.
+including a field it does not know (a typo would silently mean nothing; synthetic
+``params`` are the generator's to check), a dataset of fewer than two classes, a key given
+twice anywhere (JSON would silently keep the last copy) and a layout path that leads
+outside the dataset's own folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -27,6 +31,31 @@ MANIFEST_SCHEMA = 1
 
 # Plain http is accepted only for loopback servers (the tests' local server).
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+# A classifier needs two classes: with one, softmax + cross-entropy is 0 from the first step
+# and "trains" nothing (issue 18).
+MIN_CLASSES = 2
+
+# The fields each object may have; anything else is refused, naming the field.
+_TOP_FIELDS = ("kind", "schema", "datasets", "weights")
+_DATASET_FIELDS = (
+    "description", "license", "source", "layout", "classes", "channels", "regime", "splits",
+    "prepared",
+)  # fmt: skip
+_WEIGHTS_FIELDS = ("description", "source", "architecture", "pretrained_on")
+_SOURCE_FIELDS = {
+    "https": ("type", "url", "filename", "size", "sha256", "md5"),
+    "local": ("type", "filename", "size", "sha256", "md5"),
+    "file": ("type", "path", "size", "sha256"),
+    "synthetic": ("type", "generator", "seed", "params"),
+    "derived": ("type", "parent", "rule"),
+}
+_LAYOUT_FIELDS = {
+    "image-folders": ("format", "root", "splits", "val_from_train", "extract"),
+    "cub-200-2011": ("format", "root", "val_per_class", "val_seed", "extract"),
+    "npz": ("format", "splits", "extract"),
+}
+_ARCHITECTURE_FIELDS = ("model", "alpha", "input_size", "include_top")
 
 
 @dataclass(frozen=True)
@@ -224,6 +253,15 @@ class _Fields:
     def sub(self, key: str) -> _Fields:
         return _Fields(self.req(key, dict), f"{self.where}.{key}", self.path)
 
+    def only(self, known: Iterable[str]) -> None:
+        """Refuse a key outside ``known`` (a typo would otherwise be silently ignored)."""
+        allowed = sorted(known)
+        for key in self.obj:
+            if key not in allowed:
+                close = difflib.get_close_matches(key, allowed, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                self.fail(f"unknown field ({hint}known: {', '.join(allowed)})", key)
+
 
 def _hexdigest(f: _Fields, key: str, length: int) -> str | None:
     value = f.opt(key, str)
@@ -245,6 +283,7 @@ def _parse_source(f: _Fields, *, allowed: tuple[str, ...]) -> Source:
     kind = f.req("type", str)
     if kind not in allowed:
         f.fail(f"unknown source type {kind!r} (expected one of: {', '.join(allowed)})", "type")
+    f.only(_SOURCE_FIELDS[kind])
     if kind == "https":
         url = f.req("url", str)
         parts = urlsplit(url)
@@ -293,14 +332,27 @@ def _parse_classes(f: _Fields) -> tuple[tuple[str, ...] | None, int]:
             f.fail("expected a non-empty list of class names", "classes")
         if len(set(classes)) != len(classes):
             f.fail("class names are not unique", "classes")
+        if len(classes) < MIN_CLASSES:
+            f.fail(
+                f"expected at least {MIN_CLASSES} classes (a classifier of one class learns "
+                f"nothing: its loss is 0 from the start), got {classes!r}",
+                "classes",
+            )
         return tuple(classes), len(classes)
-    count = f.sub("classes").req("count", int)
-    if count < 1:
-        f.fail(f"expected a class count >= 1, got {count}", "classes.count")
+    counted = f.sub("classes")
+    counted.only(("count",))
+    count = counted.req("count", int)
+    if count < MIN_CLASSES:
+        f.fail(
+            f"expected a class count >= {MIN_CLASSES} (a classifier of one class learns "
+            f"nothing: its loss is 0 from the start), got {count}",
+            "classes.count",
+        )
     return None, count
 
 
 def _parse_dataset(name: str, f: _Fields) -> DatasetEntry:
+    f.only(_DATASET_FIELDS)
     source = _parse_source(f.sub("source"), allowed=("https", "local", "synthetic", "derived"))
     class_names, num_classes = _parse_classes(f)
     channels = f.req("channels", int)
@@ -315,6 +367,8 @@ def _parse_dataset(name: str, f: _Fields) -> DatasetEntry:
         splits[split] = count
     if not splits:
         f.fail("expected at least one split", "splits")
+    if isinstance(source, DerivedSource):  # `<split>_per_class` for each split, and a seed
+        f.sub("source").sub("rule").only(("seed", *(f"{s}_per_class" for s in splits)))
     prepared_f = f.sub("prepared") if "prepared" in f.obj else None
     prepared: dict[str, dict[str, Any]] = {}
     if prepared_f is not None:
@@ -322,6 +376,7 @@ def _parse_dataset(name: str, f: _Fields) -> DatasetEntry:
             if not size.isdigit():
                 prepared_f.fail(f"expected an image size like '224', got {size!r}", size)
             pin = prepared_f.sub(size)
+            pin.only(("digest",))
             _hexdigest(pin, "digest", 64)
             pin.req("digest", str)
             prepared[size] = dict(pin.obj)
@@ -389,6 +444,8 @@ def _check_layout(f: _Fields, splits: dict[str, int]) -> None:
             value = bounds.req(key, _EXTRACT_BOUNDS[key])
             if value <= 0:
                 bounds.fail(f"expected a number > 0, got {value!r}", key)
+    # Last, so that a known field in the wrong layout gets its specific message above.
+    f.only(_LAYOUT_FIELDS.get(fmt or "", sorted({k for v in _LAYOUT_FIELDS.values() for k in v})))
 
 
 def _check_val_from_train(f: _Fields, splits: dict[str, int]) -> None:
@@ -441,6 +498,8 @@ def _parse_weights(name: str, f: _Fields) -> WeightsEntry:
     for key in ("sha256", "size"):  # one place for pins, where `bench data pin` writes them
         if key in f.obj:
             f.fail(f"move it into {f.where}.source (where `bench data pin` records it)", key)
+    f.only(_WEIGHTS_FIELDS)
+    f.sub("architecture").only(_ARCHITECTURE_FIELDS)
     return WeightsEntry(
         name=name,
         source=source,
@@ -528,6 +587,7 @@ def load_manifest(path: Path | None = None) -> Manifest:
 def parse_manifest(obj: dict[str, Any], path: Path, digest: str = "") -> Manifest:
     """Validate a manifest's JSON object (already read) into typed records."""
     top = _Fields(obj, "manifest", path)
+    top.only(_TOP_FIELDS)
     datasets_f = top.sub("datasets")
     weights_f = top.sub("weights") if "weights" in obj else _Fields({}, "weights", path)
     datasets = {n: _parse_dataset(n, datasets_f.sub(n)) for n in datasets_f.obj}

@@ -54,6 +54,13 @@ INPUTS: tuple[str, ...] = ("real", "synthetic")
 NO_WEIGHTS = "none"
 ENV_PROFILE = "BENCH_PROFILE"
 DEFAULT_PROFILE = "smoke"
+BACKBONE_LAYERS = 154  # MobileNetV2 include_top=False, at every alpha and input size
+# Upper bounds on the counts that set how long a cell runs. Past them a value is a typo, not
+# a benchmark (`epochs = 1e20` ran until killed): the published recipe trains 70 epochs,
+# and a cell is one process that cannot stop half-way and resume.
+MAX_EPOCHS = 10_000
+MAX_STEPS = 1_000_000  # per epoch, or timed inference calls, or warm-up steps
+SYNTHETIC_STEPS = 10  # train steps per epoch of a synthetic-input cell without steps_per_epoch
 
 
 @dataclass(frozen=True)
@@ -475,6 +482,7 @@ def _make_cell(values: dict[str, Any], where: str) -> CellSpec:
     for name in ("warmup_steps", "inference_warmup", "dense_units", "reduce_lr_patience"):
         if getattr(cell, name) < 0:
             raise bad(name, "expected an integer >= 0")
+    _check_run_length(cell, bad)
     if isinstance(cell.repeats, bool) or not isinstance(cell.repeats, int) or cell.repeats < 1:
         raise bad("repeats", "expected an integer >= 1 (each repeat a fresh cell process)")
     if cell.learning_rate <= 0:
@@ -489,10 +497,21 @@ def _make_cell(values: dict[str, Any], where: str) -> CellSpec:
         raise bad("target_accuracy", "expected a fraction in (0, 1]")
     if cell.fine_tune_k < 0:
         raise bad("fine_tune_k", "expected an integer >= 0")
+    if cell.strategy == "fine-tune" and not 0 < cell.fine_tune_k < BACKBONE_LAYERS:
+        raise bad(
+            "fine_tune_k",
+            f"fine-tune freezes the first K of the backbone's {BACKBONE_LAYERS} layers "
+            f"(MobileNetV2 without top, any alpha and size) and trains the rest: expected "
+            f"1 <= fine_tune_k <= {BACKBONE_LAYERS - 1}",
+        )
     if cell.strategy == "two-stage" and not 0 < cell.head_epochs < cell.epochs:
         raise bad("head_epochs", f"two-stage needs 0 < head_epochs < epochs ({cell.epochs})")
     if cell.steps_per_epoch is not None and cell.steps_per_epoch < 1:
         raise bad("steps_per_epoch", "expected an integer >= 1")
+    if cell.input == "synthetic":  # the step count is the profile's: check the warm-up here
+        why = warmup_problem(cell, cell.batch_size * (cell.steps_per_epoch or SYNTHETIC_STEPS))
+        if why:
+            raise bad("warmup_steps", why)
     if cell.input == "synthetic" and (cell.num_classes is None or cell.num_classes < 2):
         raise bad("num_classes", "input = 'synthetic' needs num_classes >= 2")
     if cell.input == "real" and cell.num_classes is not None:
@@ -504,6 +523,46 @@ def _make_cell(values: dict[str, Any], where: str) -> CellSpec:
     if not cell.weights:
         raise bad("weights", f"expected a manifest weights name or {NO_WEIGHTS!r}")
     return cell
+
+
+def _check_run_length(cell: CellSpec, bad: Any) -> None:
+    """The counts that set how long a cell runs stay under :data:`MAX_EPOCHS` / ``MAX_STEPS``."""
+    why = "a bound against typos: a cell is one process that cannot stop half-way and resume"
+    if cell.epochs > MAX_EPOCHS:
+        raise bad("epochs", f"expected at most {MAX_EPOCHS} ({why}; the reference trains 70)")
+    steps = ("steps_per_epoch", "warmup_steps", "inference_steps", "inference_warmup")
+    for name in (*steps, "dry_run_steps"):
+        value = getattr(cell, name)
+        if value is not None and value > MAX_STEPS:
+            raise bad(name, f"expected at most {MAX_STEPS} ({why})")
+
+
+def measured_steps(cell: CellSpec, train_images: int) -> tuple[int, str]:
+    """(full-batch train steps of the stage whose throughput is reported, how they add up).
+
+    The reported train throughput is the last stage's (two-stage: the unfrozen one); the
+    first ``warmup_steps`` of each stage and an epoch's smaller last batch are not timed.
+    """
+    per_epoch = 1 if train_images <= cell.batch_size else train_images // cell.batch_size
+    two_stage = cell.strategy == "two-stage"
+    epochs = cell.epochs - cell.head_epochs if two_stage else cell.epochs
+    stage = "its unfrozen stage" if two_stage else "it"
+    how = (
+        f"{stage} trains {epochs} epoch(s) × {per_epoch} full batch(es) of {cell.batch_size} "
+        f"from {train_images} train images"
+    )
+    return epochs * per_epoch, how
+
+
+def warmup_problem(cell: CellSpec, train_images: int) -> str | None:
+    """Why ``cell``'s ``warmup_steps`` leave no train step to time (None: some are left)."""
+    steps, how = measured_steps(cell, train_images)
+    if cell.warmup_steps < steps:
+        return None
+    return (
+        f"warmup_steps {cell.warmup_steps} leaves no train step to time: {how} = {steps} "
+        f"step(s); expected warmup_steps < {steps} (or more epochs)"
+    )
 
 
 def default_profile() -> str:

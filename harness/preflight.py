@@ -10,8 +10,15 @@ every cell, without importing a framework:
   ``skip_if_unsupported`` is recorded as skipped instead);
 - its dataset is prepared, or fetched, or fetchable (an https source), with the splits a
   cell needs, and pinned unless ``--allow-unpinned``; its weights are pinned and present
-  or fetchable;
+  or fetchable, and a present weights file matches its pinned size and hash;
+- a prepared cache is what was written (:func:`harness.datasets.cache.verify_cache`:
+  headers, lengths, labels in range, at least two classes, every class in every split,
+  and its digest, recomputed only when a file changed since the last verification);
+- its ``warmup_steps`` leave train steps to time, given the train split's size;
 - there is free disk for the caches still to build.
+
+:func:`check_devices` does the same for ``--devices``: a GPU named there must be visible
+(called by ``bench all|run`` before the run starts).
 
 A problem is one line; the same problem of several cells is one line naming them. With
 any problem the run stops before anything starts (exit 2, no run folder), unless
@@ -47,7 +54,7 @@ from harness.manifest import (
     SyntheticSource,
     load_manifest,
 )
-from harness.matrix import CellSpec
+from harness.matrix import CellSpec, warmup_problem
 
 DISK_MARGIN = 1.05  # caches are estimated; ask for 5 % more free space than the estimate
 
@@ -120,7 +127,7 @@ def _dataset_problem(
     entry: DatasetEntry, size: int, manifest: Manifest, allow_unpinned: bool
 ) -> Problem | None:
     """Why ``entry`` cannot be ready at ``size`` px (None: prepared, or preparable here)."""
-    from harness.datasets import archives
+    from harness.datasets import archives, cache
     from harness.datasets.prepare import cached, check_pin, check_runner_splits
     from harness.datasets.prepare import check_source_pinned as pinned
 
@@ -131,6 +138,7 @@ def _dataset_problem(
     meta = cached(entry, size)
     if meta is not None:
         try:
+            cache.verify_cache(entry.name, size)
             check_pin(entry, size, str(meta["digest"]))
         except InputError as exc:
             return Problem(exc.message, skippable=False)
@@ -162,7 +170,7 @@ def _dataset_problem(
 
 
 def _weights_problem(name: str, manifest: Manifest, allow_unpinned: bool) -> Problem | None:
-    from harness.datasets.weights import weights_path
+    from harness.datasets.weights import check_weights, weights_path
 
     entry = manifest.weights[name]
     path = weights_path(entry)
@@ -177,6 +185,11 @@ def _weights_problem(name: str, manifest: Manifest, allow_unpinned: bool) -> Pro
             f"weights {name!r}: {path} is missing (manifest weights.{name}.source.path)",
             skippable=True,
         )
+    if path.is_file():  # an https file not fetched yet is verified as it is downloaded
+        try:
+            check_weights(entry, allow_unpinned=allow_unpinned, manifest_path=manifest.path)
+        except InputError as exc:
+            return Problem(exc.message, skippable=False)
     return None
 
 
@@ -273,6 +286,10 @@ def _cell_problems(
             ("dataset", cell.dataset, cell.image_size),
             lambda: _dataset_problem(entry, cell.image_size, manifest, allow_unpinned),
         )
+        if "train" in entry.splits:
+            why = warmup_problem(cell, entry.splits["train"])
+            if why:
+                problems.append(Problem(f"dataset {cell.dataset!r}: {why}", skippable=False))
     if cell.pretrained:
         once(
             ("weights", cell.weights),
@@ -298,7 +315,7 @@ def _prepare_all(
     say: Callable[[str], None],
 ) -> tuple[list[str], dict[str, str]]:
     """Fetch (https) and prepare each (dataset, size) once; (lines, dataset → failure)."""
-    from harness.datasets import archives
+    from harness.datasets import archives, cache
     from harness.datasets.prepare import prepare
 
     done: list[str] = []
@@ -313,15 +330,22 @@ def _prepare_all(
                 archives.fetch_dataset(root, allow_unpinned=allow_unpinned)
             say(f"pre-flight: preparing {entry.name} at {size} px")
             prepare(entry.name, size, allow_unpinned=allow_unpinned)
-            done.append(f"{entry.name}@{size}")
         except InputError as exc:
             failed[entry.name] = f"preparing dataset {entry.name!r} at {size} px: {exc.message}"
+            continue
         except OSError as exc:  # a read-only data folder (a container), a full disk
             failed[entry.name] = (
                 f"preparing dataset {entry.name!r} at {size} px: cannot write under "
                 f"{paths.data_dir()}: {exc.strerror or exc}; prepare it where the data folder "
                 f"is writable: `bench data prepare {entry.name} --image-size {size}`"
             )
+            continue
+        try:  # just digested: this checks its labels (every class in every split)
+            cache.verify_cache(entry.name, size)
+        except InputError as exc:
+            failed[entry.name] = exc.message
+            continue
+        done.append(f"{entry.name}@{size}")
     return done, failed
 
 
@@ -344,6 +368,39 @@ def _fetch_weights(
             except OSError as exc:
                 failed[name] = f"fetching weights {name!r}: {exc.strerror or exc}"
     return failed
+
+
+def check_devices(devices: list[str] | None, backend: str | None = None) -> None:
+    """Refuse ``--devices`` that name GPUs a cell cannot use here (PreflightError, one line):
+    none visible (a CPU-only machine: the cells would run on the CPU under a GPU's name), a
+    CPU-only build of the run's backend, or an index that is not among the visible GPUs."""
+    if not devices:
+        return
+    from harness import backend as backend_mod
+    from harness import hostdevices
+    from harness.executors.local import visible_gpus
+
+    spec = ",".join(devices)
+    if not hostdevices.nvidia_gpus():
+        raise PreflightError(
+            f"pre-flight: --devices {spec!r}: no GPU is visible here (nvidia-smi lists none, or "
+            "CUDA_VISIBLE_DEVICES hides them), so its cells would run on the CPU under a GPU's "
+            "name; use --jobs N on a CPU"
+        )
+    name = backend or backend_mod.configured_backend()
+    if not hostdevices.backend_uses_gpus(name):
+        raise PreflightError(
+            f"pre-flight: --devices {spec!r}: the installed {name} is a CPU-only build, so its "
+            "cells would run on the CPU under a GPU's name; install its CUDA build, or use "
+            "--jobs N"
+        )
+    visible = visible_gpus()
+    hidden = [d for d in devices if d.isdigit() and d not in visible]
+    if hidden:
+        raise PreflightError(
+            f"pre-flight: --devices {spec!r}: GPU {', '.join(hidden)} is not visible here "
+            f"(visible: {', '.join(visible) or 'none'}); name visible GPUs, or 'all'"
+        )
 
 
 def run(

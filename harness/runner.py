@@ -38,7 +38,7 @@ import numpy as np
 
 from harness import backend, streaming
 from harness.errors import BenchError, InputError
-from harness.matrix import NO_WEIGHTS, CellSpec
+from harness.matrix import NO_WEIGHTS, SYNTHETIC_STEPS, CellSpec
 from harness.results import CellResult, EpochRecord, Throughput
 
 EpochHook = Callable[[dict[str, Any]], None]
@@ -311,7 +311,7 @@ def open_inputs(
     else:
         batch = cell.batch_size
         if cell.input == "synthetic":
-            steps = cell.steps_per_epoch or 10
+            steps = cell.steps_per_epoch or SYNTHETIC_STEPS
             data = standins(cell, num_classes, batch * steps, cell.inference_batch)
         else:
             data = load_data(cell, allow_unpinned=allow_unpinned)

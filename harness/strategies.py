@@ -45,8 +45,6 @@ from typing import Any
 from harness.errors import InputError
 from harness.matrix import STRATEGIES, CellSpec
 
-BACKBONE_LAYERS = 154  # MobileNetV2 include_top=False, any alpha / input size
-
 
 @dataclass(frozen=True)
 class Stage:

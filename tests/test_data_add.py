@@ -359,3 +359,34 @@ def test_a_file_that_is_not_an_image_is_named_as_a_member(
     assert code == 2 and err.count("\n") == 1, err
     assert f"member 'pets/train/dog/notes.txt' of {archive}: not an image" in err
     assert ".add-" not in err
+
+
+@pytest.mark.parametrize(
+    ("splits", "needles"),
+    [
+        (
+            {"train": {"cat": 6}, "val": {"cat": 2}},
+            ("1 class folder(s) in 'train' (cat)", "needs at least 2"),
+        ),
+        (
+            {"train": {"cat": 6, "dog": 6}, "val": {"cat": 2, "fox": 2}},
+            ("differ from the first split's", "'dog'", "'fox'"),
+        ),
+    ],
+    ids=["one-class", "classes-differ-between-splits"],
+)
+def test_add_refuses_one_class_and_classes_that_differ_between_splits(
+    home: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    splits: dict,
+    needles: tuple[str, ...],
+) -> None:
+    """Issue 18: a one-class folder was added (exit 0), then "trained" with loss 0."""
+    folder = make_image_folders(tmp_path / "pets", splits)
+    before = _manifest_bytes(home)
+    code, _, err = run_cli(capsys, "data", "add", "pets", "--from", str(folder))
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert all(n in err for n in needles), err
+    assert _manifest_bytes(home) == before
+    assert [p for p in (tmp_path / "data").rglob("*") if p.is_file()] == []

@@ -39,7 +39,8 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _tree(root: Path) -> dict[str, list[str]]:
-    """train/a: every material file plus a 16-bit PNG of the TIFF's pixels; val/a: hopper."""
+    """train/a: every material file plus a 16-bit PNG of the TIFF's pixels; val/a: hopper;
+    class b (a dataset needs two): hopper in train and val."""
     train = root / "train" / "a"
     train.mkdir(parents=True)
     for f in MATERIAL.iterdir():
@@ -51,6 +52,9 @@ def _tree(root: Path) -> dict[str, list[str]]:
     val = root / "val" / "a"
     val.mkdir(parents=True)
     shutil.copy(MATERIAL / "hopper.jpg", val / "hopper.jpg")
+    for split in ("train", "val"):
+        (root / split / "b").mkdir(parents=True)
+        shutil.copy(MATERIAL / "hopper.jpg", root / split / "b" / "hopper.jpg")
     return {"train": sorted(p.name for p in train.iterdir()), "val": ["hopper.jpg"]}
 
 
@@ -68,8 +72,8 @@ def _pack(tool: str, src: Path, out: Path) -> Path:
 def _prepared(env: Path, capsys: pytest.CaptureFixture[str], tool: str) -> dict[str, list[str]]:
     names = _tree(env / "src")
     archive = _pack(tool, env / "src", env / ("awkward.tar.gz" if tool == "tar" else "awk.zip"))
-    counts = {split: len(files) for split, files in names.items()}
-    write_manifest(env / "home", {"awkward": folders_entry(None, archive, ["a"], counts)})
+    counts = {split: len(files) + 1 for split, files in names.items()}  # + b's one image
+    write_manifest(env / "home", {"awkward": folders_entry(None, archive, ["a", "b"], counts)})
     code, _, err = run_cli(capsys, "data", "fetch", "awkward", "--from", str(archive))
     assert code == 0, err
     code, out, err = run_cli(capsys, "data", "prepare", "awkward", "--image-size", str(SIZE))
@@ -159,11 +163,13 @@ def test_decompression_bomb_image_is_named_and_refused(
 ) -> None:
     src = env / "src"
     for split in ("train", "val"):
-        (src / split / "a").mkdir(parents=True)
-        shutil.copy(MATERIAL / "hopper.jpg", src / split / "a" / "hopper.jpg")
+        for cls in ("a", "b"):
+            (src / split / cls).mkdir(parents=True)
+            shutil.copy(MATERIAL / "hopper.jpg", src / split / cls / "hopper.jpg")
     (src / "train" / "a" / "huge.png").write_bytes(_png(width, width))
     archive = _pack("tar", src, env / "bomb.tar.gz")
-    write_manifest(env / "home", {"b": folders_entry(None, archive, ["a"], {"train": 2, "val": 1})})
+    counts = {"train": 3, "val": 2}
+    write_manifest(env / "home", {"b": folders_entry(None, archive, ["a", "b"], counts)})
     assert run_cli(capsys, "data", "fetch", "b", "--from", str(archive))[0] == 0
     for extra in ((), ("--skip-corrupt",)):  # a bomb is not a corrupt file to skip
         code, _, err = run_cli(capsys, "data", "prepare", "b", "--image-size", "16", *extra)

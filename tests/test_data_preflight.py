@@ -10,10 +10,24 @@ cell as skipped instead. Cells never prepare data: the parent did, once.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
-from data_fixtures import folders_entry, make_image_folders, make_tar, run_cli, write_manifest
+from data_fixtures import (
+    folders_entry,
+    make_image_folders,
+    make_tar,
+    run_cli,
+    sha256,
+    write_manifest,
+)
 
 from harness import hostdevices, preflight, results
 from harness.errors import InputError
@@ -29,6 +43,7 @@ alpha = 0.35
 weights = "none"
 batch_size = 8
 epochs = 1
+warmup_steps = 0
 """
 
 
@@ -209,3 +224,298 @@ def test_not_enough_disk_for_the_caches(home: Path, capsys: pytest.CaptureFixtur
     assert code == 2 and err.count("\n") == 1, err
     assert "not enough free disk" in err and "GiB needed" in err and "BENCH_DATA_DIR" in err
     assert not (home / "r").exists()
+
+
+# --- issue 18: what the pre-flight must catch before any cell starts ----------------------
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _bench(*argv: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """The real CLI in a subprocess, with this test's BENCH_HOME / BENCH_DATA_DIR."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "harness.cli", *argv],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def _refused(proc: subprocess.CompletedProcess[str], runs: Path, *needles: str) -> None:
+    """Exit 2, one line naming the problem, no traceback, no run folder."""
+    out = proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.returncode == 2, out
+    progress, _, error = proc.stderr.partition("bench: error: pre-flight: ")
+    assert error.count("\n") == 1, out  # one line; before it only the pre-flight's progress
+    assert all(line.startswith("pre-flight: ") for line in progress.splitlines()), out
+    assert "Traceback" not in proc.stderr and not runs.exists(), out
+    assert all(n in error for n in needles), out
+
+
+def _prepared_pets(home: Path) -> Path:
+    """pets fetched and prepared at 32 px by the pre-flight itself; its cache folder."""
+    from harness.datasets import archives, cache
+    from harness.manifest import load_manifest
+
+    archives.fetch_dataset(load_manifest().dataset("pets"), from_path=home / "pets.tar.gz")
+    path = _profile(home, _group("pets"))
+    matrix = parse_matrix(tomllib.loads(path.read_text()), path=path, profile="p")
+    assert preflight.run(matrix.cells, say=lambda _: None).prepared == ("pets@32",)
+    return cache.cache_dir("pets", 32)
+
+
+def _data_offset(path: Path) -> int:
+    with open(path, "rb") as fh:
+        assert np.lib.format.read_magic(fh) == (1, 0)
+        np.lib.format.read_array_header_1_0(fh)
+        return fh.tell()
+
+
+def _flip_pixel(folder: Path) -> None:
+    path = folder / "train.images.npy"
+    raw = bytearray(path.read_bytes())
+    raw[_data_offset(path) + 1234] ^= 0x01  # one bit of one pixel of one training image
+    path.write_bytes(bytes(raw))
+
+
+def _flip_pixel_keep_mtime(folder: Path) -> None:
+    path = folder / "train.images.npy"
+    st = path.stat()
+    _flip_pixel(folder)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size, inode and mtime
+
+
+def _truncate(folder: Path) -> None:
+    path = folder / "val.images.npy"
+    path.write_bytes(path.read_bytes()[:-100])
+
+
+def _label_out_of_range(folder: Path) -> None:
+    path = folder / "train.labels.npy"
+    raw = bytearray(path.read_bytes())
+    raw[-4:] = (7).to_bytes(4, "little")
+    path.write_bytes(bytes(raw))
+
+
+def _header(old: bytes, new: bytes) -> Callable[[Path], None]:
+    def change(folder: Path) -> None:
+        path = folder / "train.images.npy"
+        raw = path.read_bytes()
+        assert len(old) == len(new) and raw.count(old) == 1
+        path.write_bytes(raw.replace(old, new))
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "needles"),
+    [
+        (_flip_pixel, ("changed since it was prepared", "expected digest")),
+        (_flip_pixel_keep_mtime, ("changed since it was prepared",)),
+        (_truncate, ("val.images.npy is truncated", "bytes, its header needs")),
+        (_label_out_of_range, ("train.labels.npy: label 7 is outside 0…1",)),
+        (_header(b"(6, 32, 32, 3)", b"(5, 32, 32, 3)"), ("header says |u1 [5, 32, 32, 3]",)),
+        (_header(b"'|u1'", b"'<i2'"), ("header says <i2 [6, 32, 32, 3]",)),
+    ],
+    ids=["flipped-pixel", "flipped-pixel-same-mtime", "truncated", "label", "shape", "dtype"],
+)
+def test_a_corrupted_prepared_cache_is_an_input_error_before_any_cell(
+    home: Path, corrupt: Callable[[Path], None], needles: tuple[str, ...]
+) -> None:
+    """Issue 18: a flipped pixel byte trained with exit 0; a truncated file, a label out of
+    range or an altered header failed inside the cell (exit 1)."""
+    folder = _prepared_pets(home)
+    corrupt(folder)
+    runs = home / "runs"
+    profile = _profile(home, _group("pets"))
+    proc = _bench("all", "--profile", str(profile), "--runs-dir", str(runs), "--run-id", "r")
+    _refused(proc, runs, "dataset 'pets' at 32 px", *needles)
+    assert "rebuild it: `bench data prepare pets --image-size 32`" in proc.stderr
+    assert _bench("data", "prepare", "pets", "--image-size", "32").returncode == 0
+    assert preflight.run(
+        parse_matrix(tomllib.loads(profile.read_text()), path=profile, profile="p").cells,
+        say=pytest.fail,
+    ) == preflight.Outcome({}, ())  # rebuilt: verified, nothing to prepare
+
+
+def test_the_cache_is_rehashed_only_when_a_file_changed(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Verification stays cheap: the digest of every byte is recomputed only when a file's
+    signature (size, mtime, ctime, inode) differs from the one verified.json recorded."""
+    from harness.datasets import cache
+
+    folder = _prepared_pets(home)
+    rehashed: list[Path] = []
+    real = cache.digest_folder
+    monkeypatch.setattr(cache, "digest_folder", lambda f: rehashed.append(f) or real(f))
+    path = _profile(home, _group("pets"))
+    cells = parse_matrix(tomllib.loads(path.read_text()), path=path, profile="p").cells
+    for _ in range(3):  # recorded when the cache was published: no re-hash
+        assert preflight.run(cells, say=pytest.fail).skipped == {}
+    assert rehashed == [] and (folder / "verified.json").is_file()
+    st = (folder / "val.labels.npy").stat()
+    os.utime(folder / "val.labels.npy", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    preflight.run(cells, say=pytest.fail)
+    preflight.run(cells, say=pytest.fail)
+    assert rehashed == [folder]  # once, then recorded again
+    (folder / "verified.json").unlink()
+    preflight.run(cells, say=pytest.fail)
+    assert rehashed == [folder, folder] and (folder / "verified.json").is_file()
+
+
+def _npz_dataset(home: Path, train: list[int], val: list[int]) -> None:
+    """``digits``: a local .npz (MedMNIST layout) with the given labels, classes a and b."""
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, labels in (("train", train), ("val", val)):
+        arrays[f"{split}_images"] = rng.integers(0, 256, (len(labels), 28, 28), dtype=np.uint8)
+        arrays[f"{split}_labels"] = np.asarray(labels, dtype=np.uint8)[:, None]
+    npz = home / "digits.npz"
+    np.savez_compressed(npz, **arrays)
+    manifest = home / "home" / "data" / "manifest.json"
+    raw = json.loads(manifest.read_text())
+    raw["datasets"]["digits"] = {
+        "source": {"type": "local", "filename": npz.name, "sha256": sha256(npz),
+                   "size": npz.stat().st_size},
+        "layout": {"format": "npz", "splits": {s: [f"{s}_images", f"{s}_labels"] for s in
+                                              ("train", "val")}},
+        "classes": ["a", "b"],
+        "channels": 1,
+        "splits": {"train": len(train), "val": len(val)},
+    }  # fmt: skip
+    manifest.write_text(json.dumps(raw))
+    assert _bench("data", "fetch", "digits", "--from", str(npz)).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("train", "val", "prepared", "needle"),
+    [
+        ([0] * 10, [0] * 4, False, "its labels hold 1 class(es) ('a'), and a classifier needs"),
+        ([0, 1] * 5, [0] * 4, True, "split 'val' has no image of class(es) 'b'"),
+    ],
+    ids=["one-class-prepared-by-the-preflight", "val-lacks-a-class-prepared-before"],
+)
+def test_a_dataset_of_one_class_or_classes_that_differ_between_splits_is_refused(
+    home: Path, train: list[int], val: list[int], prepared: bool, needle: str
+) -> None:
+    """Issue 18: a one-class dataset ran "ok" with loss 0 and accuracy 0 in every epoch."""
+    _npz_dataset(home, train, val)
+    if prepared:
+        assert _bench("data", "prepare", "digits", "--image-size", "32").returncode == 0
+    runs = home / "runs"
+    profile = _profile(home, _group("digits"))
+    proc = _bench("all", "--profile", str(profile), "--runs-dir", str(runs), "--run-id", "r")
+    _refused(proc, runs, "dataset 'digits' at 32 px", needle, "fix the dataset's source")
+
+
+def test_warmup_steps_beyond_the_train_split_are_caught(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 18: warmup_steps >= every step a cell takes left nothing to time; the step count
+    depends on the data (pets: 6 train images, batch 8 → 1 step per epoch)."""
+    from harness.datasets import archives
+    from harness.manifest import load_manifest
+
+    archives.fetch_dataset(load_manifest().dataset("pets"), from_path=home / "pets.tar.gz")
+    runs = home / "runs"
+    profile = _profile(home, _group("pets", warmup_steps=3), _group("pets", "feature-extract"))
+    code, _, err = run_cli(capsys, "all", "--profile", str(profile), "--runs-dir", str(runs))
+    assert code == 2 and err.count("\n") == 1 and not runs.exists(), err
+    assert (
+        "cell pets/scratch/float32/s0: dataset 'pets': warmup_steps 3 leaves no train step" in err
+    )
+    assert "1 epoch(s) × 1 full batch(es) of 8 from 6 train images = 1 step(s)" in err
+
+
+def _weights_home(home: Path) -> Path:
+    """Weights ``w``: the repository's smoke weights file, copied and pinned."""
+    src = REPO / "data" / "weights" / "mnv2-synth-a035-32.weights.h5"
+    dest = home / "home" / "data" / "weights" / "w.weights.h5"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dest)
+    manifest = home / "home" / "data" / "manifest.json"
+    raw = json.loads(manifest.read_text())
+    raw["weights"] = {
+        "w": {
+            "source": {"type": "file", "path": "data/weights/w.weights.h5",
+                       "sha256": sha256(dest), "size": dest.stat().st_size},
+            "architecture": {"model": "mobilenet_v2", "alpha": 0.35, "input_size": 32,
+                             "include_top": False},
+            "pretrained_on": "synth-source",
+        }
+    }  # fmt: skip
+    manifest.write_text(json.dumps(raw))
+    return dest
+
+
+def _flip_weights_byte(home: Path, raw: dict, dest: Path) -> None:
+    data = bytearray(dest.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    dest.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        (lambda h, r, d: r["weights"]["w"]["source"].update(size=123), "size mismatch"),
+        (lambda h, r, d: r["weights"]["w"]["source"].update(sha256="0" * 64), "sha256 mismatch"),
+        (_flip_weights_byte, "sha256 mismatch"),
+    ],
+    ids=["size", "sha256", "flipped-byte"],
+)
+def test_weights_that_differ_from_their_pin_fail_the_preflight(
+    home: Path, change: Callable[[Path, dict, Path], None], needle: str
+) -> None:
+    """Issue 18: these failed inside the cells (exit 1); they are bad input (exit 2)."""
+    dest = _weights_home(home)
+    manifest = home / "home" / "data" / "manifest.json"
+    raw = json.loads(manifest.read_text())
+    change(home, raw, dest)
+    manifest.write_text(json.dumps(raw))
+    group = _group("synthetic", "feature-extract", input="synthetic", num_classes=3, weights="w")
+    profile = _profile(home, group)
+    runs = home / "runs"
+    proc = _bench("all", "--profile", str(profile), "--runs-dir", str(runs), "--run-id", "r")
+    _refused(proc, runs, "weights 'w'", str(dest), needle, "expected ")
+
+
+def test_devices_on_a_machine_without_a_gpu_are_refused(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 18: `--devices 0` on a CPU-only machine ran its cells on the CPU, "on GPU 0"."""
+    _no_gpu()
+    runs = home / "runs"
+    profile = _profile(home, _group("synthetic", input="synthetic", num_classes=3))
+    argv = ("all", "--profile", str(profile), "--runs-dir", str(runs), "--devices", "0")
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2 and err.count("\n") == 1 and not runs.exists(), err
+    assert "pre-flight: --devices '0': no GPU is visible here" in err and "--jobs N" in err
+
+
+def test_devices_are_checked_against_the_gpus_visible_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GPU side of the same check, with an ``nvidia-smi`` that lists GPUs 0 and 1 (no GPU
+    is needed): visible ones pass, another index or a CPU-only backend build is refused."""
+    smi = tmp_path / "bin" / "nvidia-smi"
+    smi.parent.mkdir()
+    smi.write_text(
+        "#!/bin/sh\n"
+        'case "$*" in *uuid*) printf "0, GPU-a0, NVIDIA H100, 9.0\\n'
+        '1, GPU-b1, NVIDIA H100, 9.0\\n";; *) printf "0\\n1\\n";; esac\n'
+    )
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{smi.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    hostdevices.nvidia_gpus.cache_clear()
+    try:
+        monkeypatch.setattr(hostdevices, "backend_uses_gpus", lambda name: True)
+        preflight.check_devices(["0", "1"], "tensorflow")
+        preflight.check_devices(["GPU-b1"], "tensorflow")
+        with pytest.raises(InputError, match=r"--devices '0,5': GPU 5 is not visible here \("):
+            preflight.check_devices(["0", "5"], "tensorflow")
+        monkeypatch.setattr(hostdevices, "backend_uses_gpus", lambda name: False)
+        with pytest.raises(InputError, match="the installed tensorflow is a CPU-only build"):
+            preflight.check_devices(["0"], "tensorflow")
+    finally:
+        hostdevices.nvidia_gpus.cache_clear()

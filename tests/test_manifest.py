@@ -212,7 +212,7 @@ def test_loopback_http_is_accepted_for_tests(home: Path) -> None:
 def test_derived_dataset_fingerprint_follows_its_parent(home: Path) -> None:
     child = {
         "source": {"type": "derived", "parent": "pets", "rule": {"seed": 1}},
-        "classes": ["a"],
+        "classes": ["a", "b"],
         "channels": 3,
         "splits": {"train": 1},
     }
@@ -226,7 +226,7 @@ def test_derivation_cycle_is_refused(home: Path, capsys: pytest.CaptureFixture[s
     def derived(parent: str) -> dict:
         return {
             "source": {"type": "derived", "parent": parent, "rule": {}},
-            "classes": ["a"],
+            "classes": ["a", "b"],
             "channels": 3,
             "splits": {"train": 1},
         }
@@ -313,3 +313,98 @@ def test_layout_path_outside_the_dataset_is_refused(
     assert code == 2 and err.count("\n") == 1
     assert "datasets.pets.layout.splits.train" in err and "'../../other/train'" in err
     assert not (home.parent / "data" / "prepared" / "pets").exists()
+
+
+def _weights() -> dict:
+    arch = {"model": "mobilenet_v2", "alpha": 1.0, "input_size": 224, "include_top": False}
+    source = {"type": "file", "path": "data/weights/w.h5", "sha256": "a" * 64, "size": 3}
+    return {"source": source, "architecture": arch, "pretrained_on": "imagenet"}
+
+
+@pytest.mark.parametrize(
+    ("mutate", "needle"),
+    [
+        (lambda m: m.update(comment="x"), "manifest.comment: unknown field"),
+        (
+            lambda m: m["datasets"]["pets"].update(descripton="x"),
+            "manifest.datasets.pets.descripton: unknown field (did you mean 'description'?",
+        ),
+        (
+            lambda m: m["datasets"]["pets"]["source"].update(sha265="0" * 64),
+            "manifest.datasets.pets.source.sha265: unknown field (did you mean 'sha256'?",
+        ),
+        (
+            lambda m: m["datasets"]["pets"].update(classes={"count": 2, "names": ["a", "b"]}),
+            "manifest.datasets.pets.classes.names: unknown field",
+        ),
+        (
+            lambda m: m["datasets"]["pets"].update(prepared={"32": {"digest": "0" * 64, "x": 1}}),
+            "manifest.datasets.pets.prepared.32.x: unknown field",
+        ),
+        (
+            lambda m: m["datasets"]["pets"]["layout"].update(rooot="images"),
+            "manifest.datasets.pets.layout.rooot: unknown field (did you mean 'root'?",
+        ),
+        (
+            lambda m: m["datasets"].update(
+                few={
+                    "source": {"type": "derived", "parent": "pets", "rule": {"train_per_clas": 1}},
+                    "classes": ["a", "b"],
+                    "channels": 3,
+                    "splits": {"train": 2},
+                }
+            ),
+            "manifest.datasets.few.source.rule.train_per_clas: unknown field (did you mean "
+            "'train_per_class'?",
+        ),
+        (
+            lambda m: m["weights"]["w"].update(pretrained_from="imagenet"),
+            "manifest.weights.w.pretrained_from: unknown field",
+        ),
+        (
+            lambda m: m["weights"]["w"]["architecture"].update(alpah=0.35),
+            "manifest.weights.w.architecture.alpah: unknown field (did you mean 'alpha'?",
+        ),
+    ],
+    ids=[
+        "top",
+        "dataset",
+        "source",
+        "classes",
+        "prepared",
+        "layout",
+        "rule",
+        "weights",
+        "arch",
+    ],
+)
+def test_unknown_fields_are_refused_by_name(
+    home: Path, capsys: pytest.CaptureFixture[str], mutate: object, needle: str
+) -> None:
+    """Issue 18: a typo'd field was accepted silently, so what it meant never took effect."""
+    path = write_manifest(home, {"pets": _entry()}, {"w": _weights()})
+    assert load_manifest().dataset("pets").num_classes == 2  # the unmutated manifest is good
+    raw = json.loads(path.read_text())
+    mutate(raw)  # type: ignore[operator]
+    path.write_text(json.dumps(raw))
+    code, _, err = run_cli(capsys, "data", "list")
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert str(path) in err and needle in err, err
+
+
+@pytest.mark.parametrize(
+    ("classes", "needle"),
+    [
+        (["a"], "datasets.pets.classes: expected at least 2 classes"),
+        ({"count": 1}, "datasets.pets.classes.count: expected a class count >= 2"),
+    ],
+    ids=["one-name", "count-1"],
+)
+def test_one_class_dataset_is_refused(
+    home: Path, capsys: pytest.CaptureFixture[str], classes: object, needle: str
+) -> None:
+    """Issue 18: a one-class dataset "trained" with loss 0 and accuracy 0 in every epoch."""
+    path = write_manifest(home, {"pets": _entry(classes=classes)})
+    code, _, err = run_cli(capsys, "data", "list")
+    assert code == 2 and err.count("\n") == 1, err
+    assert str(path) in err and needle in err and "got" in err, err

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -136,3 +139,75 @@ def test_two_stage_needs_head_epochs_below_epochs(tmp_path: Path) -> None:
     text = BASE.replace('"feature-extract"]', '"two-stage"]') + "epochs = 3\nhead_epochs = 3\n"
     with pytest.raises(InputError, match="head_epochs: two-stage needs 0 < head_epochs < epochs"):
         load_matrix(str(write(tmp_path, text)))
+
+
+SYNTH = 'input = "synthetic"\nnum_classes = 3\nbatch_size = 8\n'
+
+
+@pytest.mark.parametrize(
+    ("edit", "extra", "needle"),
+    [
+        (
+            ('"feature-extract"]', '"fine-tune"]'),
+            "fine_tune_k = 154\n",
+            "fine_tune_k: fine-tune freezes the first K of the backbone's 154 layers",
+        ),
+        (('"feature-extract"]', '"fine-tune"]'), "fine_tune_k = 0\n", "1 <= fine_tune_k <= 153"),
+        (("", ""), "epochs = 100000000000000000000\n", "epochs: expected at most 10000"),
+        (("", ""), "inference_steps = 10000000000\n", "inference_steps: expected at most"),
+        (
+            ("", ""),
+            SYNTH + "steps_per_epoch = 5\nepochs = 2\nwarmup_steps = 10\n",
+            "warmup_steps: warmup_steps 10 leaves no train step to time: it trains 2 epoch(s) "
+            "× 5 full batch(es) of 8",
+        ),
+        (
+            ('"feature-extract"]', '"two-stage"]'),
+            SYNTH + "steps_per_epoch = 5\nepochs = 3\nhead_epochs = 2\nwarmup_steps = 5\n",
+            "its unfrozen stage trains 1 epoch(s) × 5 full batch(es) of 8 from 40 train "
+            "images = 5 step(s); expected warmup_steps < 5",
+        ),
+    ],
+    ids=["k-154", "k-0", "epochs-1e20", "inference-steps", "warmup-synthetic", "warmup-two-stage"],
+)
+def test_bad_run_lengths_are_caught_by_the_profile_check(
+    tmp_path: Path, edit: tuple[str, str], extra: str, needle: str
+) -> None:
+    """Issue 18: each of these was caught late (in the cell) or never (1e20 epochs ran until
+    killed); the value alone decides, so the profile check refuses it, naming it."""
+    path = write(tmp_path, BASE.replace(*edit) + extra)
+    with pytest.raises(InputError) as info:
+        load_matrix(str(path))
+    msg = info.value.message
+    assert needle in msg and str(path) in msg and "\n" not in msg, msg
+    assert "got " in msg  # echoes the bad value
+
+
+def test_fine_tune_k_and_warmup_at_their_limits_are_accepted(tmp_path: Path) -> None:
+    text = BASE.replace('"feature-extract"]', '"fine-tune", "two-stage"]') + SYNTH
+    text += (
+        "fine_tune_k = 153\nsteps_per_epoch = 5\nepochs = 3\nhead_epochs = 2\nwarmup_steps = 4\n"
+    )
+    m = load_matrix(str(write(tmp_path, text)))
+    assert {c.fine_tune_k for c in m.cells} == {153}
+    # scratch ignores fine_tune_k: a value for fine-tune cells in [defaults] does not stop it
+    m = load_matrix(str(write(tmp_path, BASE + "fine_tune_k = 5000\n")))
+    assert {c.strategy for c in m.cells} == {"scratch", "feature-extract"}
+    for shipped in ("smoke", "reference", "reference-birds400", "throughput", "gpu-throughput"):
+        assert load_matrix(shipped).cells
+
+
+def test_bench_all_refuses_them_before_any_cell(tmp_path: Path) -> None:
+    """The real CLI: exit 2, one line, no run folder (1e20 epochs used to run until killed)."""
+    text = BASE.replace('weights = "w"', 'weights = "none"') + SYNTH  # runnable here
+    profile = write(tmp_path, text + "epochs = 100000000000000000000\n")
+    runs = tmp_path / "runs"
+    argv = ["all", "--profile", str(profile), "--runs-dir", str(runs), "--run-id", "r"]
+    env = {**os.environ, "BENCH_HOME": str(REPO), "BENCH_DATA_DIR": str(tmp_path / "data")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.cli", *argv],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stderr.count("\n") == 1 and "epochs: expected at most 10000" in proc.stderr
+    assert "got 100000000000000000000" in proc.stderr and not runs.exists()

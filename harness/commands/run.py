@@ -141,6 +141,9 @@ def _executor(args: argparse.Namespace) -> tuple[Any, Any]:
         devices=getattr(args, "devices", None),
         scheduler=getattr(args, "scheduler", None),
     )
+    from harness.preflight import check_devices
+
+    check_devices(getattr(executor, "devices", None), getattr(args, "backend", None))
     return executor, shard
 
 

@@ -8,10 +8,10 @@ usual bounds, then inspected as an ``image-folders`` layout:
 - split folders are found at the top or under one wrapping folder: ``train``, ``val``
   (also ``valid``, ``validation``) and ``test``; a folder of class folders only is the
   ``train`` split;
-- classes are the train split's sub-folders; every file must be an image Pillow can
-  identify, within the decompression-bomb limit (the first that is not is named: by its
-  path in the given folder, or as a member of the given archive, never by the temporary
-  extraction);
+- classes are the train split's sub-folders, at least two of them, the same in every
+  split; every file must be an image Pillow can identify, within the decompression-bomb
+  limit (the first that is not is named: by its path in the given folder, or as a member
+  of the given archive, never by the temporary extraction);
 - platform metadata (``__MACOSX/``, ``._*``, ``.DS_Store``, ``Thumbs.db``,
   ``desktop.ini``) is left out when the folder is packed or the archive extracted, and
   counted (:attr:`Added.ignored`);
@@ -48,6 +48,7 @@ from harness.errors import InputError
 from harness.manifest import (
     MANIFEST_KIND,
     MANIFEST_SCHEMA,
+    MIN_CLASSES,
     DatasetEntry,
     load_manifest,
     parse_manifest,
@@ -306,12 +307,20 @@ def add_dataset(
             "description": f"Added by `bench data add` from {source}.",
             "source": {**src_json, "size": got.size, "sha256": got.sha256},
             "layout": layout_json,
-            "classes": {"count": 1},
+            "classes": {"count": MIN_CLASSES},  # a stand-in: the folders give the classes
             "channels": channels,
             "splits": dict.fromkeys(splits, 0),
             "prepared": {},
         }
         plan = layouts.image_folders(_entry(manifest, name, entry_json), extracted)
+        if len(plan.class_names) < MIN_CLASSES:
+            where = (root_path / split_dirs["train"]).relative_to(extracted).as_posix()
+            raise InputError(
+                f"{source}: {len(plan.class_names)} class folder(s) in {where!r} "
+                f"({', '.join(plan.class_names)}), and a classifier needs at least "
+                f"{MIN_CLASSES}: put each class's images in a folder of its own and add the "
+                "dataset again"
+            )
         entry_json["classes"] = list(plan.class_names)
         entry_json["splits"] = {s: len(plan.splits[s]) for s in splits}
         entry_json["regime"] = _regime(

@@ -5,6 +5,14 @@ N×H×W×3, always RGB), ``<split>.labels.npy`` (int32, N) and ``meta.json`` (ki
 ``transfer-bench.prepared``, schema 1) with the class names, split counts and the cache's
 digest. A :class:`CacheWriter` fills a hidden staging folder next to the final one and
 swaps it in only when everything is written, so a failure never touches an earlier cache.
+
+Before cells read a cache, the pre-flight checks it with :func:`verify_cache` (once per
+run and size; ``bench data verify`` too). Every time, the cheap part: each ``.npy`` header
+against ``meta.json`` (dtype, shape, order), each file's length (a truncated file), the
+labels (in range, at least two classes, every class in every split). The digest of every
+byte only when a file's signature (size, mtime, ctime, inode) differs from the one
+``verified.json`` recorded at the last verification (or at publication): a flipped byte is
+caught without hashing gigabytes on every run.
 """
 
 from __future__ import annotations
@@ -24,11 +32,14 @@ from typing import Any
 import numpy as np
 
 from harness import __version__, jsonio, paths
-from harness.errors import InputError
+from harness.errors import InputError, IntegrityError
 
 CACHE_KIND = "transfer-bench.prepared"
 CACHE_SCHEMA = 1
 META = "meta.json"
+VERIFIED = "verified.json"
+VERIFIED_KIND = "transfer-bench.prepared-verified"
+VERIFIED_SCHEMA = 1
 _CHUNK_BYTES = 64 << 20
 
 
@@ -127,6 +138,182 @@ def digest_folder(folder: Path) -> str:
     meta = read_meta(folder)
     arrays = {split: load_arrays(folder, split) for split in meta["splits"]}
     return prepared_digest(meta["class_names"], arrays)
+
+
+# --- verification ------------------------------------------------------------------------
+
+
+def _files(folder: Path, meta: Mapping[str, Any]) -> list[Path]:
+    """meta.json and every split's images and labels files."""
+    out = [folder / META]
+    for split in meta["splits"]:
+        out += [images_file(folder, split), labels_file(folder, split)]
+    return out
+
+
+def signature(folder: Path, meta: Mapping[str, Any]) -> dict[str, list[int]]:
+    """File name → [size, mtime_ns, ctime_ns, inode] of the cache's files (a change in any
+    of them, even a byte rewritten and its mtime set back, changes the ctime)."""
+    sig = {}
+    for path in _files(folder, meta):
+        st = path.stat()
+        sig[path.name] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+    return sig
+
+
+def _record_verified(folder: Path, digest: str, sig: dict[str, list[int]]) -> None:
+    """Write ``verified.json``; best effort (a read-only data folder verifies every run)."""
+    with contextlib.suppress(InputError, OSError):
+        jsonio.write_json(
+            folder / VERIFIED,
+            {"digest": digest, "files": sig},
+            kind=VERIFIED_KIND,
+            schema=VERIFIED_SCHEMA,
+        )
+
+
+def _recorded(folder: Path) -> dict[str, Any] | None:
+    try:
+        rec = jsonio.read_json(folder / VERIFIED, kind=VERIFIED_KIND, schema=VERIFIED_SCHEMA)
+    except (InputError, OSError):
+        return None
+    return {"digest": rec.get("digest"), "files": rec.get("files")}
+
+
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, bool, int]:
+    """(shape, dtype, fortran order, data offset) from a ``.npy`` file's header."""
+    with open(path, "rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+        else:
+            raise ValueError(f"unsupported .npy format version {version}")
+        return tuple(shape), dtype, bool(fortran), fh.tell()
+
+
+def _check_meta(folder: Path, meta: Mapping[str, Any], image_size: int) -> None:
+    names, splits = meta.get("class_names"), meta.get("splits")
+    ok = (
+        isinstance(names, list)
+        and all(isinstance(n, str) for n in names)
+        and meta.get("num_classes") == len(names)
+        and meta.get("image_size") == image_size
+        and isinstance(meta.get("digest"), str)
+        and isinstance(splits, dict)
+        and all(type(n) is int and n >= 0 for n in splits.values())
+    )
+    if not ok:
+        raise IntegrityError(f"{folder / META}: malformed (class names, splits, size or digest)")
+
+
+def _check_npy(path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> None:
+    """The file's header says ``dtype`` and ``shape`` (C order) and its length fits it."""
+    if not path.is_file():
+        raise IntegrityError(f"{path} is missing")
+    try:
+        got_shape, got_dtype, fortran, offset = _npy_header(path)
+    except (ValueError, OSError, SyntaxError) as exc:
+        raise IntegrityError(f"{path}: not a readable .npy file ({exc})") from None
+    if got_dtype != dtype or got_shape != shape or fortran:
+        order = ", Fortran order" if fortran else ""
+        raise IntegrityError(
+            f"{path}: its header says {got_dtype.str} {list(got_shape)}{order}, the cache's "
+            f"meta.json says {dtype.str} {list(shape)}"
+        )
+    need = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    size = path.stat().st_size
+    if size != need:
+        how = "truncated" if size < need else "longer than its header says"
+        raise IntegrityError(f"{path} is {how}: {size} bytes, its header needs {need}")
+
+
+def _check_classes(meta: Mapping[str, Any], labels: Mapping[str, np.ndarray]) -> str | None:
+    """Why the labels cannot train a classifier: fewer than two classes, or a class that
+    some split lacks (None: every split holds every class)."""
+    names = list(meta["class_names"])
+    k = len(names)
+    counts = {split: np.bincount(lab, minlength=k) for split, lab in labels.items()}
+    total = sum(counts.values(), np.zeros(k, np.int64))
+    found = [names[i] for i in np.flatnonzero(total)]
+    if len(found) < 2:
+        return (
+            f"its labels hold {len(found)} class(es) ({', '.join(map(repr, found))}), and a "
+            "classifier needs at least 2 (with one, its loss is 0 from the start and it "
+            "learns nothing)"
+        )
+    for split, c in counts.items():
+        missing = [names[i] for i in np.flatnonzero(c == 0)]
+        if missing:
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            return (
+                f"split {split!r} has no image of class(es) {', '.join(map(repr, missing[:3]))}"
+                f"{more}: every split must hold every class, or train and val measure "
+                "different tasks"
+            )
+    return None
+
+
+def check_files(folder: Path, meta: Mapping[str, Any], image_size: int) -> dict[str, np.ndarray]:
+    """The cheap checks of a cache against its ``meta.json``: every header, every file's
+    length, every label in range. Returns the labels per split; raises IntegrityError."""
+    _check_meta(folder, meta, image_size)
+    k = len(meta["class_names"])
+    labels = {}
+    for split, n in meta["splits"].items():
+        _check_npy(images_file(folder, split), np.dtype(np.uint8), (n, image_size, image_size, 3))
+        _check_npy(labels_file(folder, split), np.dtype("<i4"), (n,))
+        lab = np.load(labels_file(folder, split))
+        bad = lab[(lab < 0) | (lab >= k)]
+        if bad.size:
+            raise IntegrityError(
+                f"{labels_file(folder, split)}: label {int(bad[0])} is outside 0…{k - 1} (the "
+                f"cache has {k} classes)"
+            )
+        labels[split] = lab
+    return labels
+
+
+def verify_cache(name: str, image_size: int, *, rehash: bool = False) -> dict[str, Any]:
+    """The ``meta.json`` of the cache of ``name`` at ``image_size`` px, verified.
+
+    Runs :func:`check_files`; recomputes the digest of every byte and compares it with the
+    one ``meta.json`` records, unless ``verified.json`` shows the files unchanged since that
+    was last done (``rehash`` forces it); then checks the classes (at least two, every one
+    in every split). Raises IntegrityError when the files differ from what was written (and
+    says how to rebuild), InputError when the data itself cannot train a classifier.
+    """
+    folder = cache_dir(name, image_size)
+    where = f"dataset {name!r} at {image_size} px"
+    rebuild = f"rebuild it: `bench data prepare {name} --image-size {image_size}`"
+    try:
+        meta = read_meta(folder)
+        labels = check_files(folder, meta, image_size)
+        sig = signature(folder, meta)
+        known = not rehash and _recorded(folder) == {"digest": meta["digest"], "files": sig}
+        if not known:
+            digest = digest_folder(folder)
+            if digest != meta["digest"]:
+                raise IntegrityError(
+                    f"{folder} changed since it was prepared: expected digest "
+                    f"{meta['digest']} (its meta.json), got {digest}"
+                )
+    except InputError as exc:
+        raise type(exc)(f"{where}: {exc.message}; {rebuild}") from None
+    except OSError as exc:
+        raise IntegrityError(
+            f"{where}: cannot read {exc.filename or folder}: {exc.strerror or exc}; {rebuild}"
+        ) from None
+    if not known:
+        _record_verified(folder, digest, sig)
+    why = _check_classes(meta, labels)
+    if why:
+        raise InputError(
+            f"{where}: {folder}: {why}; fix the dataset's source, then `bench data prepare "
+            f"{name} --image-size {image_size}`"
+        )
+    return meta
 
 
 class CacheWriter:
@@ -240,6 +427,8 @@ class CacheWriter:
             **(extra or {}),
         }
         jsonio.write_json(self.staging / META, meta, kind=CACHE_KIND, schema=CACHE_SCHEMA)
+        # Digested just now: record the files' signatures (kept by the folder's rename).
+        _record_verified(self.staging, digest, signature(self.staging, meta))
         _swap_in(self.staging, self.final)
         self._published = True
         return self.final, digest

@@ -9,6 +9,7 @@ from harness import paths
 from harness.datasets import archives, cache
 from harness.datasets.hashing import hash_file, mismatch
 from harness.datasets.weights import weights_path
+from harness.errors import InputError
 from harness.manifest import (
     DatasetEntry,
     FileSource,
@@ -87,18 +88,13 @@ def verify_dataset(
 def _cache_check(entry: DatasetEntry, size: int) -> Check:
     folder = cache.cache_dir(entry.name, size)
     what = f"prepared {size}px"
-    meta = cache.try_read_meta(folder)
-    if meta is None:
+    if cache.try_read_meta(folder) is None:
         return Check(entry.name, what, False, f"{folder} is incomplete: prepare it again")
-    digest = cache.digest_folder(folder)
-    if digest != meta["digest"]:
-        return Check(
-            entry.name,
-            what,
-            False,
-            f"{folder} changed since it was prepared: expected digest {meta['digest']}, got "
-            f"{digest}; prepare it again",
-        )
+    try:  # what the pre-flight checks, with every byte re-hashed
+        meta = cache.verify_cache(entry.name, size, rehash=True)
+    except InputError as exc:
+        return Check(entry.name, what, False, exc.message)
+    digest = meta["digest"]
     pinned = entry.pinned_digest(size)
     if pinned and pinned != digest:
         return Check(
