@@ -52,7 +52,8 @@ def test_smoke_profile_is_three_targets_times_four_strategies() -> None:
         assert (c.image_size, c.alpha, c.precision) == (32, 0.35, "float32")
         assert c.weights == ("none" if c.strategy == "scratch" else "mnv2-synth-a035-32")
         assert c.cell_id == f"{c.dataset}/{c.strategy}/float32/s{c.seed}"
-    assert m.tolerances.throughput_relative == 0.5
+    assert m.tolerances.throughput_relative == 0.15 and m.tolerances.false_alarm_rate == 0.01
+    assert (m.recording.noise_seeds, m.recording.repeats) == (4, 5)
 
 
 def test_reference_profile_matches_the_experiment() -> None:
@@ -117,6 +118,19 @@ def test_weights_none_labels_the_strategy(tmp_path: Path) -> None:
         (("throughput_relative = 0.1", "throughput_relative = 10"), "must be < 1"),
         (("accuracy_points = 1.0\n", ""), "tolerances.accuracy_points must be a number"),
         (("alpha = 0.35", 'dataset = "x"'), "'dataset' is a matrix axis"),
+        (
+            ("throughput_relative = 0.1", "throughput_relative = 0.1\nfalse_alarm_rate = 0.7"),
+            "tolerances.false_alarm_rate must be in (0, 0.5) (a probability per run), got 0.7",
+        ),
+        (
+            ("throughput_relative = 0.1", "throughput_relative = 0.1\nmin_compared = 2"),
+            "tolerances.min_compared must be a fraction in [0, 1], got 2.0",
+        ),
+        (("[defaults]", "[baseline]\nnoise_seed = 3\n[defaults]"), "baseline: unknown field(s)"),
+        (
+            ("[defaults]", "[baseline]\nrepeats = 0\n[defaults]"),
+            "baseline.repeats must be an integer in [1, 50], got 0",
+        ),
     ],
 )
 def test_errors_name_file_field_and_value(
