@@ -112,7 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except BenchError as exc:  # an option's value refused as it was read (harness.outputs)
+        _say(f"bench: error: {exc.message}")
+        return exc.exit_code
     try:
         with _sigterm_raises():
             code = int(args.func(args) or 0)

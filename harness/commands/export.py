@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from harness import baseline
+from harness import baseline, outputs
 from harness.errors import EXIT_OK, InputError
 
 
@@ -28,9 +28,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("run", metavar="RUN", help="run id under reports/runs/, or a run folder")
     m.add_argument(
         "--tracking-uri",
+        type=outputs.mlflow_option("--tracking-uri"),
         default=None,
         help="e.g. sqlite:///mlflow.db, a folder, or a server such as http://127.0.0.1:5000 "
-        "(default: $MLFLOW_TRACKING_URI)",
+        "(default: $MLFLOW_TRACKING_URI); a local file or folder that is not an MLflow store "
+        "is refused",
     )
     m.add_argument(
         "--experiment", default=None, help="experiment name (default: transfer-bench-<profile>)"
@@ -47,6 +49,8 @@ def run_mlflow(args: argparse.Namespace) -> int:
             "bench export mlflow: no tracking URI; pass --tracking-uri URI (e.g. "
             "sqlite:///mlflow.db or http://127.0.0.1:5000) or set MLFLOW_TRACKING_URI"
         )
+    if not args.tracking_uri:
+        outputs.check_mlflow_uri(uri, option="MLFLOW_TRACKING_URI=")
     run_dir = baseline.resolve_run_dir(args.run)
     print(mlflow_export.export_run(run_dir, tracking_uri=uri, experiment=args.experiment).summary())
     return EXIT_OK

@@ -12,6 +12,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from harness import outputs
 from harness.errors import EXIT_FAILURE, EXIT_OK, RunStopped
 from harness.matrix import default_profile, load_matrix
 
@@ -65,6 +66,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--mlflow",
         metavar="URI",
+        type=outputs.mlflow_option("--mlflow"),
         default=None,
         help="at the end, export the run to MLflow (e.g. sqlite:///mlflow.db or "
         "http://127.0.0.1:5000; needs the mlflow extra)",
