@@ -1,8 +1,9 @@
-"""Output paths a user names are never overwritten unless bench wrote them (issue 18).
+"""Output paths a user names are never overwritten unless bench wrote them, and an output
+stream that went away ends the command quietly (issue 18).
 
 Every case runs the real CLI in a subprocess against real files: the repository's own
 manifest and a baseline (copies), an SQLite database of another program, a folder of the
-user's, a device.
+user's, /dev/null, /dev/full and a closed stdout.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import runkit
-from conftest import REPO
+from conftest import BENCH, REPO
 
 from harness import outputs
 from harness.history import index
@@ -173,3 +174,48 @@ def test_output_kinds_match_what_their_writers_stamp(tmp_path: Path) -> None:
         assert outputs.refusal(path, output) is None, output
         jsonio.write_json(path, {}, kind="transfer-bench.baseline", schema=1)
         assert "kind 'transfer-bench.baseline'" in str(outputs.refusal(path, output))
+
+
+# --- output streams ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [["list"], ["list", "--json"]])
+def test_a_full_stdout_ends_quietly(bench_env: dict[str, str], args: list[str]) -> None:
+    """``bench list > /dev/full``: the output cannot be written; it ends like a closed pipe."""
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [*BENCH, *args], cwd=REPO, env=bench_env, stdout=full, stderr=subprocess.PIPE
+        )
+    assert (proc.returncode, proc.stderr.decode()) == (141, "")
+
+
+@pytest.mark.parametrize("args", [["list"], ["list", "--json"]])
+def test_a_stdout_closed_before_the_start_ends_quietly(
+    bench_env: dict[str, str], args: list[str]
+) -> None:
+    """``bench list >&-``."""
+    proc = subprocess.run(
+        [*BENCH, *args],
+        cwd=REPO,
+        env=bench_env,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: os.close(1),
+    )
+    assert (proc.returncode, proc.stderr.decode()) == (141, "")
+
+
+def test_a_closed_stdout_never_lands_on_a_file_we_write(
+    bench_env: dict[str, str], runs: Path, tmp_path: Path
+) -> None:
+    """With fd 1 closed, the first file opened would get it; /dev/null is put there first,
+    so the index written by ``bench history >&-`` is an index, not a log of our output."""
+    db = tmp_path / "index.sqlite"
+    proc = subprocess.run(
+        [*BENCH, "history", "--runs-dir", str(runs), "--db", str(db)],
+        cwd=REPO,
+        env=bench_env,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: os.close(1),
+    )
+    assert (proc.returncode, proc.stderr.decode()) == (141, "")
+    assert index.index_problem(db) is None
