@@ -1,4 +1,5 @@
-"""Run folders are ours, and cell files are their cell's (issue 18).
+"""Run folders are ours, cell files are their cell's, and the resume command resumes the
+same run (issue 18).
 
 The real CLI in subprocesses with real signals and real run folders (dry runs of the smoke
 matrix: no data, a couple of steps per cell).
@@ -6,7 +7,9 @@ matrix: no data, a couple of steps per cell).
 
 from __future__ import annotations
 
+import argparse
 import json
+import shlex
 import shutil
 import signal
 import subprocess
@@ -19,6 +22,8 @@ import runkit
 from conftest import BENCH, REPO
 
 from harness import orchestrate, results
+from harness.cli import build_parser
+from harness.commands import run as run_command
 from harness.errors import InputError
 
 CELL = "synth-few/scratch/float32/s0"
@@ -89,6 +94,18 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def same_command(argv: list[str], resumed: list[str]) -> None:
+    """``resumed`` (a printed resume command) parses to ``argv``'s command and options,
+    with ``--resume`` and a ``--run-id``."""
+    parser = build_parser()
+    a, b = parser.parse_args(argv), parser.parse_args(resumed)
+    ignore = {"resume", "run_id", "func", "parser", "profile"}
+    mine = {k: v for k, v in vars(a).items() if k not in ignore}
+    theirs = {k: v for k, v in vars(b).items() if k not in ignore}
+    assert theirs == mine and b.resume and b.run_id
+    assert b.profile == (a.profile or "smoke")
+
+
 # --- run folders -------------------------------------------------------------------------
 
 
@@ -145,3 +162,49 @@ def test_a_cell_file_copied_under_another_cells_name_is_run_again(bench, tmp_pat
     assert resumed.wait_for(f"{CELL2}: starting"), "".join(resumed.out)  # not "already done"
     assert f"{CELL}: already done" in "".join(resumed.out)
     assert resumed.stop(signal.SIGTERM)[0] == 143
+
+
+# --- the resume command ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", CELL, "--dry-run"],
+        ["all", "--only", CELL, "--dry-run", "--no-compare", "--mlflow", "sqlite:///{tmp}/m.db"],
+    ],
+    ids=["bench-run", "all-only-mlflow"],
+)
+def test_the_printed_resume_command_resumes_the_same_run(bench, tmp_path: Path, argv):
+    runs = tmp_path / "runs"
+    argv = [a.format(tmp=tmp_path) for a in argv] + ["--runs-dir", str(runs), "--run-id", "r"]
+    run = bench(*argv)
+    assert run.wait_for(f"[1/1] {CELL}: starting")
+    code, err = run.stop(signal.SIGINT)
+    assert code == 130, err
+    resume = shlex.split(one_line(err).split("resume with: ", 1)[1])
+    assert resume[0] == "bench"
+    same_command(argv, resume[1:])
+    resumed = bench(*resume[1:])
+    assert resumed.wait_for(f"[1/1] {CELL}: starting"), "".join(resumed.out)  # one cell
+    assert resumed.stop(signal.SIGTERM)[0] == 143
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["all"],
+        ["all", "--only", "fine-tune, scratch", "--profile", "smoke", "--runs-dir", "r x"],
+        ["all", "--backend", "jax", "--shard", "1/2", "--jobs", "2", "--skip-unavailable"],
+        ["all", "--executor", "dask", "--scheduler", "tcp://127.0.0.1:8786", "--baseline", "b"],
+        ["all", "--allow-unpinned", "--mlflow", "http://127.0.0.1:5000", "--devices", "all"],
+        ["run", CELL, "--backend", "tensorflow", "--runs-dir", "runs"],
+    ],
+)
+def test_the_resume_command_carries_every_option(argv: list[str]) -> None:
+    args = build_parser().parse_args([*argv, "--run-id", "first"])
+    cmd = run_command.resume_command(args, "stopped")
+    assert cmd[:2] == ["bench", argv[0]] and cmd[-1] == "--resume"
+    same_command([*argv, "--run-id", "first"], cmd[1:])
+    assert build_parser().parse_args(cmd[1:]).run_id == "stopped"
+    assert isinstance(args.parser, argparse.ArgumentParser)
