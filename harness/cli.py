@@ -8,16 +8,21 @@ exit code from the error, no traceback unless ``--debug`` (or ``BENCH_DEBUG=1``)
 :func:`main` is also the last line of defence, so that every fault ends as one line and
 a known exit code (:data:`EXIT_CODES`): a file-system error on a named path that no
 command caught is bad input (2); anything else is a bug (3, "internal error"); SIGINT
-and SIGTERM end the command through its ``finally`` blocks (130, 143); a reader that
-closed our stdout (``bench list | head -1``) ends it quietly with 141, as a process
-killed by SIGPIPE would (the shell's convention, and what ``bench docker run`` returns).
+and SIGTERM end the command through its ``finally`` blocks (130, 143). An output that
+went away ends it quietly with 141, as a process killed by SIGPIPE would (the shell's
+convention, and what ``bench docker run`` returns): a reader that closed our stdout
+(``bench list | head -1``), a stdout closed before we started (``bench list >&-``) or one
+that refuses writes (``bench list > /dev/full``). All of them are told apart from other
+errors in one place, :func:`_stdout_failed`.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib
+import io
 import os
 import select
 import signal
@@ -69,7 +74,11 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (EXIT_INTERNAL, "an internal error, a bug in the harness (rerun with --debug)"),
     (EXIT_SIGINT, "interrupted (SIGINT, Ctrl-C); bench all prints how to resume"),
     (EXIT_SIGTERM, "terminated (SIGTERM, e.g. docker stop); bench all prints how to resume"),
-    (EXIT_BROKEN_PIPE, "the reader of the output went away (e.g. bench list | head -1)"),
+    (
+        EXIT_BROKEN_PIPE,
+        "the output went away: its reader left (bench list | head -1), or stdout is\n"
+        "closed (>&-) or refuses writes (> /dev/full); nothing more is printed",
+    ),
 )
 
 
@@ -111,18 +120,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    _watch_stdout()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except BenchError as exc:  # an option's value refused as it was read (harness.outputs)
+        _say(f"bench: error: {exc.message}")
+        return exc.exit_code
     try:
         with _sigterm_raises():
             code = int(args.func(args) or 0)
             sys.stdout.flush()  # a closed pipe shows up here, not in the exit-time flush
         return code
-    except BrokenPipeError:
-        if not _stdout_gone():
-            return _internal(args, sys.exc_info()[1])
-        _silence_stdout()
-        return EXIT_BROKEN_PIPE
+    except OSError as exc:
+        if exc.filename is None and _stdout_failed():
+            _silence_stdout()
+            return EXIT_BROKEN_PIPE
+        if args.debug:
+            raise
+        if exc.filename is None:
+            return _internal(args, exc)
+        _say(f"bench: error: {fsio.fs_error(exc).message}")  # a path no command guarded
+        return EXIT_BAD_INPUT
     except BenchError as exc:
         if args.debug:
             raise
@@ -135,12 +154,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Terminated:
         _say("bench: terminated (SIGTERM)")
         return EXIT_SIGTERM
-    except (OSError, UnicodeDecodeError) as exc:
-        if isinstance(exc, OSError) and exc.filename is None:
-            return _internal(args, exc)
+    except UnicodeDecodeError as exc:
         if args.debug:
             raise
-        _say(f"bench: error: {fsio.fs_error(exc).message}")  # a path no command guarded
+        _say(f"bench: error: {fsio.fs_error(exc).message}")  # a file no command guarded
         return EXIT_BAD_INPUT
     except Exception as exc:
         return _internal(args, exc)
@@ -181,14 +198,88 @@ def _sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _stdout_gone() -> bool:
-    """Whether our stdout is a pipe whose reader has closed it (POLLERR on the write end)."""
+class _Stdout(io.TextIOWrapper):
+    """The process's stdout, remembering whether a write to it failed: a failed write's
+    bytes may be dropped, so flushing again does not always tell (see _stdout_failed)."""
+
+    failed = False
+
+    def write(self, text: str) -> int:
+        try:
+            return super().write(text)
+        except OSError:
+            self.failed = True
+            raise
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except OSError:
+            self.failed = True
+            raise
+
+
+class _ClosedStdout(io.TextIOBase):
+    """stdout when file descriptor 1 was closed before we started (``bench list >&-``):
+    every write fails as on a pipe whose reader has gone."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(errno.EPIPE, "stdout was closed before bench started")
+
+
+def _watch_stdout() -> None:
+    """Standard streams as :func:`_stdout_failed` needs them: /dev/null on the descriptors
+    that were closed before we started, so that no file we open lands on them (a cell
+    process would write its output into it), stdout then acting as a pipe whose reader has
+    gone and stderr as /dev/null; else the process's stdout as :class:`_Stdout` (not a
+    stream that someone else put there, such as a test's capture)."""
+    _cover_closed_std_fds()
+    out = sys.stdout
+    if out is not None and out is sys.__stdout__ and type(out) is io.TextIOWrapper:
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            out.flush()
+            sys.stdout = _Stdout(
+                out.buffer,
+                encoding=out.encoding,
+                errors=out.errors,
+                line_buffering=out.line_buffering,
+                write_through=out.write_through,
+            )
+
+
+def _cover_closed_std_fds() -> None:
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            devnull = os.open(os.devnull, os.O_RDWR)  # the lowest free descriptor: fd
+            if devnull != fd:
+                os.dup2(devnull, fd)
+                os.close(devnull)
+            if fd == 2:
+                sys.stderr = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115
+    if sys.stdout is None:  # Python found fd 1 closed at its start
+        sys.stdout = _ClosedStdout()
+
+
+def _stdout_failed() -> bool:
+    """Whether our stdout can take no more output: closed before we started, a pipe whose
+    reader has gone, or a file or device that refuses writes (full, failing). Told by
+    :class:`_Stdout`; for another stream, by flushing it again (bytes still buffered fail
+    again) and by POLLERR on a pipe's write end (its reader left)."""
+    out = sys.stdout
+    if out is None or isinstance(out, _ClosedStdout) or getattr(out, "failed", False):
+        return True
+    try:
+        out.flush()
+    except (OSError, ValueError):
+        return True
     try:
         poller = select.poll()
-        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        poller.register(out.fileno(), select.POLLOUT)
         return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
     except (OSError, ValueError, AttributeError):
-        return True  # no usable stdout: nothing more can be said there anyway
+        return False  # not a real stream (captured): it did not fail
 
 
 def _silence_stdout() -> None:

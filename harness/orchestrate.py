@@ -22,8 +22,12 @@ its ``cells/`` file is; otherwise its repeats with an ok file are kept and only 
 run again. A failed repeat fails the cell, naming the repeat.
 
 ``--resume`` reuses the run folder and skips every cell whose result file exists with
-status ``ok`` or ``skipped`` and passes validation (its file is not touched); failed and
-unreadable cells run again.
+status ``ok`` or ``skipped`` and passes validation, its cell id matching its file name (its
+file is not touched); failed, unreadable and misnamed cells run again.
+
+A run id names a run folder of ours or a new one: an existing folder without ``run.json``
+(``--runs-dir reports --run-id baselines``) and the names the harness gives its own
+folders (:data:`RESERVED_RUN_IDS`) are refused before anything is written.
 
 Faults: one process writes to a run folder at a time (:mod:`harness.runlock`; a second
 writer is refused naming the holder's pid). SIGINT/SIGTERM stop every running cell's
@@ -41,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import re
 import sys
 import time
@@ -50,7 +55,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from harness import env, paths, results, runlock
+from harness import env, fsio, paths, results, runlock
 from harness.backend import BACKENDS
 from harness.errors import (
     EXIT_BAD_INPUT,
@@ -68,6 +73,10 @@ from harness.matrix import CellSpec, Matrix
 from harness.progress import RunProgress
 
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # whole string (fullmatch): no "x\n"
+# Folders the harness names itself: under reports/, and inside a run folder.
+RESERVED_RUN_IDS = frozenset(
+    {"baselines", "runs", "perf", "cells", "logs", "repeats", "report", "tensorboard"}
+)
 
 
 @dataclass(frozen=True)
@@ -171,6 +180,7 @@ def run_matrix(
     if not _RUN_ID.fullmatch(run_id):
         raise InputError(f"--run-id {run_id!r}: use letters, digits, '.', '_' and '-' only")
     run_dir = runs_dir / run_id
+    _check_run_folder(run_dir)
     done = _finished_cells(run_dir, chosen) if resume else set()
     from harness import preflight
     from harness.executors.serial import SerialExecutor
@@ -276,6 +286,31 @@ def _stops_resumably(run_id: str, run_dir: Path) -> Iterator[None]:
             f"{exc.message}; run {run_id} stopped (earlier results are unchanged)",
             run_id=run_id, run_dir=str(run_dir), exit_code=EXIT_BAD_INPUT,
         ) from exc  # fmt: skip
+
+
+def _check_run_folder(run_dir: Path) -> None:
+    """Refuse a run folder that is not ours: a reserved name, or an existing folder with
+    no run.json that holds anything but our lock (a run that never started leaves that)."""
+    name = run_dir.name
+    if name in RESERVED_RUN_IDS:
+        raise InputError(
+            f"--run-id {name!r}: bench names its own folders so "
+            f"({', '.join(sorted(RESERVED_RUN_IDS))}); choose another --run-id"
+        )
+    with fsio.guard(run_dir, "read"):
+        if not os.path.lexists(run_dir) or (run_dir / "run.json").is_file():
+            return
+        if not run_dir.is_dir():
+            raise InputError(
+                f"--run-id {name!r}: {run_dir} exists and is not a folder; choose another "
+                "--run-id or --runs-dir"
+            )
+        held = sorted(p.name for p in run_dir.iterdir() if p.name != runlock.LOCK_NAME)
+    if held:
+        raise InputError(
+            f"--run-id {name!r}: {run_dir} exists and is not a run folder (no run.json; it "
+            f"holds {held[0]!r}); it is left untouched: choose another --run-id or --runs-dir"
+        )
 
 
 def _finished_cells(run_dir: Path, chosen: tuple[CellSpec, ...]) -> set[str]:

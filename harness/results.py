@@ -361,18 +361,40 @@ def write_cell_file(path: Path, result: CellResult) -> Path:
 
 def read_cell(path: Path) -> CellResult:
     """A cell result; InputError naming the file and field when it does not validate
-    (``bench all --resume`` runs such a cell again)."""
+    (``bench all --resume`` runs such a cell again).
+
+    In a run folder (``cells/<file>`` or ``repeats/<stem>/r<k>.json``) the file's name must
+    be its cell's (:func:`cell_filename`): a result copied under another cell's name is not
+    that cell's result."""
     path = Path(path)
     try:
-        return cell_from_dict(
+        cell = cell_from_dict(
             jsonio.read_json(path, kind=CELL_KIND, schema=CELL_SCHEMA), f"{path}: cell"
         )
+        _check_file_name(path, cell.cell_id)
+        return cell
     except InputError as exc:
         run = path.parent.parent  # cells/<file>, or repeats/<cell>/r<k>.json
         run_id = run.parent.name if run.name == "repeats" else run.name
         raise InputError(
             f"{exc.message}; `bench all --resume --run-id {run_id}` runs the cell again"
         ) from None
+
+
+def _check_file_name(path: Path, cell_id: str) -> None:
+    """InputError when ``path`` lies where a run folder keeps the results of another cell."""
+    stem = cell_filename(cell_id)[: -len(".json")]
+    if path.parent.name == "cells":
+        ok, belongs = path.name == f"{stem}.json", f"cells/{stem}.json"
+    elif path.parent.parent.name == "repeats":
+        ok, belongs = path.parent.name == stem, f"repeats/{stem}/{path.name}"
+    else:
+        return
+    if not ok:
+        raise InputError(
+            f"{path}: holds the result of cell {cell_id!r}, whose place is {belongs} (a file "
+            "copied or renamed); it is not a result of the cell its name says"
+        )
 
 
 def write_run(run_dir: Path, info: RunInfo) -> Path:

@@ -214,7 +214,7 @@ def test_2_read_only_and_full_file_systems_are_one_line(home, tmp_path, capsys):
         assert f"{ro}/b.json: cannot write: read-only file system" in line
     with tmpfs(tmp_path / "full", "size=16k") as full:
         earlier = full / "smoke.json"
-        earlier.write_text("the baseline accepted earlier\n")
+        earlier.write_text('{"kind": "transfer-bench.baseline", "schema": 2}\n')  # ours
         fill(full)
         before = snapshot(full)
         assert main(["baseline", "accept", "r1", "--output", str(earlier)]) == 2

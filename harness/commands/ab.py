@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
+
+from harness import outputs
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -57,11 +58,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable verdicts and samples")
     p.add_argument(
         "--record",
-        type=Path,
+        type=outputs.option(outputs.AB_RECORD, "--record"),
         default=None,
         metavar="FILE",
         help="rewrite FILE (the --json output) after every cell process, so an interrupted "
-        "comparison keeps its samples",
+        "comparison keeps its samples; FILE must be new or an earlier record",
     )
     p.set_defaults(func=run)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import shlex
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +23,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     accept.add_argument("run", metavar="RUN", help="run id under reports/runs/, or a run folder")
     accept.add_argument("--force", action="store_true", help="accept even if some cells failed")
+    from harness import outputs
+
     accept.add_argument(
-        "--output", type=Path, metavar="FILE", help="write here instead of the default path"
+        "--output",
+        type=outputs.option(outputs.BASELINE, "--output"),
+        metavar="FILE",
+        help="write here instead of the default path (a file that is not a baseline is refused)",
     )
     accept.set_defaults(func=run_accept)
 
@@ -48,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--resume", action="store_true", help="complete an interrupted recording (same options)"
     )
     scale_args(record)
-    record.set_defaults(func=run_record)
+    record.set_defaults(func=run_record, parser=record)
 
 
 def run_accept(args: argparse.Namespace) -> int:
@@ -78,7 +82,7 @@ def _say_accepted(path: Path, base: Any) -> None:
 def run_record(args: argparse.Namespace) -> int:
     from harness import baseline
     from harness.commands.run import execute
-    from harness.errors import EXIT_OK, RunStopped
+    from harness.errors import EXIT_OK
     from harness.matrix import default_profile, load_matrix
 
     matrix = load_matrix(args.profile or default_profile())
@@ -88,18 +92,8 @@ def run_record(args: argparse.Namespace) -> int:
         raise InputError("bench baseline record --dry-run: a dry run cannot be a baseline")
     cells, recording = matrix.for_baseline()
     args.recording = recording
-    args.command = "baseline record"
-    try:
-        run_dir, code = execute(args, matrix, cells, args.resume)
-    except RunStopped as exc:
-        cmd = ["bench", "baseline", "record", "--profile", matrix.profile]
-        cmd += ["--run-id", exc.run_id, "--resume"]
-        raise RunStopped(
-            f"{exc.message.split('; resume with', 1)[0]}; resume with: {shlex.join(cmd)}",
-            run_id=exc.run_id,
-            run_dir=exc.run_dir,
-            exit_code=exc.exit_code,
-        ) from exc
+    args.command = "baseline record"  # the resume command it prints names this command
+    run_dir, code = execute(args, matrix, cells, args.resume)
     if code != EXIT_OK:
         print(f"not accepted: run {run_dir.name} has failed cells; fix them and record again")
         return code

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from harness import paths
+from harness import outputs, paths
 from harness.errors import EXIT_OK
 
 
@@ -21,10 +21,20 @@ def register(sub: argparse._SubParsersAction) -> None:
             "(copied into DIR/runs/). No server and no network needed to view it."
         ),
     )
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    p.add_argument(
+        "--out",
+        type=outputs.option(outputs.DASHBOARD, "--out"),
+        required=True,
+        metavar="DIR",
+        help="output folder: new, empty, or an earlier dashboard (replaced)",
+    )
     p.add_argument("--runs-dir", type=Path, default=None, help="default: reports/runs")
     p.add_argument(
-        "--db", type=Path, default=None, help="index file (default: <runs-dir>/.history.sqlite)"
+        "--db",
+        type=outputs.option(outputs.HISTORY_INDEX, "--db"),
+        default=None,
+        help="index file (default: <runs-dir>/.history.sqlite); an existing file that is not "
+        "an index of this harness is refused, never replaced",
     )
     p.add_argument("--profile", default=None, help="default: the profile of the newest run")
     p.add_argument(

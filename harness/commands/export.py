@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from harness import baseline
+from harness import baseline, outputs
 from harness.errors import EXIT_OK, InputError
 
 
@@ -35,10 +35,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--tracking-uri",
         "--uri",
         dest="tracking_uri",
+        type=outputs.mlflow_option("--tracking-uri"),
         default=None,
         help="a folder or file:// URI (runs go to <folder>/mlflow.db, SQLite, as current "
         "MLflow keeps local runs), sqlite:///mlflow.db, or a server such as "
-        "http://127.0.0.1:5000 (default: $MLFLOW_TRACKING_URI)",
+        "http://127.0.0.1:5000 (default: $MLFLOW_TRACKING_URI); a local file or folder that "
+        "is not an MLflow store is refused",
     )
     m.add_argument(
         "--experiment", default=None, help="experiment name (default: transfer-bench-<profile>)"
@@ -55,6 +57,8 @@ def run_mlflow(args: argparse.Namespace) -> int:
             "bench export mlflow: no tracking URI; pass --tracking-uri URI (e.g. ./mlruns, "
             "sqlite:///mlflow.db or http://127.0.0.1:5000) or set MLFLOW_TRACKING_URI"
         )
+    if not args.tracking_uri:
+        outputs.check_mlflow_uri(uri, option="MLFLOW_TRACKING_URI=")
     run_dir = baseline.resolve_run_dir(args.run)
     print(mlflow_export.export_run(run_dir, tracking_uri=uri, experiment=args.experiment).summary())
     return EXIT_OK

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from harness import history, jsonio, paths
+from harness import history, jsonio, outputs, paths
 from harness.errors import EXIT_OK
 
 HISTORY_KIND = "transfer-bench.history"
@@ -32,7 +32,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--runs-dir", type=Path, default=None, help="default: reports/runs")
     p.add_argument(
-        "--db", type=Path, default=None, help="index file (default: <runs-dir>/.history.sqlite)"
+        "--db",
+        type=outputs.option(outputs.HISTORY_INDEX, "--db"),
+        default=None,
+        help="index file (default: <runs-dir>/.history.sqlite); an existing file that is not "
+        "an index of this harness is refused, never replaced",
     )
     p.add_argument("--profile", default=None, help="only the runs of this profile")
     p.add_argument("--cell", default=None, help="cell-id glob(s) or substring(s), comma-separated")

@@ -9,8 +9,8 @@ The command prints the new file's sha256 and size and what to pin in the manifes
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
+from harness import outputs
 from harness.datasets.weights import weights_path
 from harness.errors import InputError
 
@@ -38,7 +38,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--limit", type=int, default=None, help="use the first N images of each split only"
     )
-    p.add_argument("--out", type=Path, default=None, help="where to write *.weights.h5")
+    p.add_argument(
+        "--out",
+        type=outputs.option(outputs.WEIGHTS, "--out"),
+        default=None,
+        help="where to write *.weights.h5 (new, or earlier weights: replaced)",
+    )
     p.add_argument(
         "--eager",
         action="store_true",
@@ -50,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from harness.manifest import FileSource, load_manifest
-    from harness.pretrain import PretrainConfig, pretrain
+    from harness.pretrain import PretrainConfig, pretrain, sidecar_path
 
     entry = load_manifest().weight(args.name)
     arch = entry.architecture
@@ -74,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         ("bn_momentum", args.bn_momentum),
     )
     overrides = {k: v for k, v in given if v is not None}
+    outputs.claim(sidecar_path(out), outputs.PRETRAIN_SIDECAR, option="--out (its sidecar)")
     config = PretrainConfig(
         dataset=entry.pretrained_on,
         image_size=int(arch["input_size"]),

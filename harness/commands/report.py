@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from harness import outputs
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -23,7 +25,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="baseline file or run folder (default: the stored baseline of the run's key, "
         "else another of its profile's, if any)",
     )
-    p.add_argument("--out", type=Path, metavar="DIR", help="output folder (default <run>/report)")
+    p.add_argument(
+        "--out",
+        type=outputs.option(outputs.REPORT, "--out"),
+        metavar="DIR",
+        help="output folder (default <run>/report): new, empty, or an earlier report",
+    )
     p.set_defaults(func=run)
 
 

@@ -12,6 +12,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from harness import outputs
 from harness.errors import EXIT_FAILURE, EXIT_OK, RunStopped
 from harness.matrix import default_profile, load_matrix
 
@@ -71,17 +72,21 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--mlflow",
         metavar="URI",
+        type=outputs.mlflow_option("--mlflow"),
         default=None,
         help="at the end, export the run to MLflow (e.g. sqlite:///mlflow.db or "
         "http://127.0.0.1:5000; needs the mlflow extra)",
     )
     scale_args(p)
-    p.set_defaults(func=cmd_all)
+    p.set_defaults(func=cmd_all, parser=p)
 
     p = sub.add_parser("run", help="run one cell of a matrix by its id")
     p.add_argument("cell", help="cell id, e.g. synth-few/fine-tune/float32/s0")
     run_args(p)
-    p.set_defaults(func=cmd_run)
+    p.add_argument(
+        "--resume", action="store_true", help="complete a stopped run: skip the cell if done"
+    )
+    p.set_defaults(func=cmd_run, parser=p)
 
     p = sub.add_parser("list", help="list the cells of a matrix")
     profile_arg(p)
@@ -193,23 +198,34 @@ def _resume_hint(args: argparse.Namespace, stopped: RunStopped) -> str:
     """The exact command that completes a stopped run (or why there is none)."""
     if not (Path(stopped.run_dir) / "run.json").is_file():
         return "nothing was recorded; start the run again"
-    cmd = ["bench", "all", "--profile", args.profile or default_profile()]
-    only = getattr(args, "only", None) if args.command == "all" else getattr(args, "cell", None)
-    if only is not None:
-        cmd += ["--only", only]
-    cmd += ["--run-id", stopped.run_id]
-    if args.runs_dir is not None:
-        cmd += ["--runs-dir", str(args.runs_dir)]
-    if args.backend:
-        cmd += ["--backend", args.backend]
-    if getattr(args, "baseline", None) is not None:
-        cmd += ["--baseline", str(args.baseline)]
-    for opt in ("jobs", "devices", "executor", "scheduler", "shard"):
-        if getattr(args, opt, None) is not None:
-            cmd += [f"--{opt}", str(getattr(args, opt))]
-    flags = ("dry_run", "allow_unpinned", "skip_unavailable", "no_compare")
-    cmd += [f"--{f.replace('_', '-')}" for f in flags if getattr(args, f, False)]
-    return f"resume with: {shlex.join([*cmd, '--resume'])}"
+    return f"resume with: {shlex.join(resume_command(args, stopped.run_id))}"
+
+
+def resume_command(args: argparse.Namespace, run_id: str) -> list[str]:
+    """The command line that completes run ``run_id``, which the command ``args`` started:
+    the same command (``bench all``, or ``bench run CELL``) with every option it was given
+    — those that select the cells (``--only``, ``--profile``, ``--backend``, ``--shard``,
+    ``--runs-dir``, ...) and those that decide how they run and what happens at the end —
+    plus ``--run-id`` and ``--resume``. Read off the command's own parser, so that an option
+    added later is carried over too; the profile is named even when it came from
+    ``$BENCH_PROFILE``."""
+    parser: argparse.ArgumentParser = args.parser
+    given: dict[str, list[str]] = {}
+    positionals: list[str] = []
+    for action in parser._actions:
+        value = getattr(args, action.dest, None)
+        if action.dest in ("help", "resume", "run_id") or value is None:
+            continue
+        if not action.option_strings:
+            positionals.append(str(value))
+        elif value != action.default:
+            flag = max(action.option_strings, key=len)
+            given[action.dest] = [flag] if action.nargs == 0 else [flag, str(value)]
+    given.setdefault("profile", ["--profile", default_profile()])
+    first = [*given.pop("profile"), *given.pop("only", [])]
+    rest = [part for parts in given.values() for part in parts]
+    command = args.command.split()  # "all", "run", or "baseline record"
+    return ["bench", *command, *positionals, *first, "--run-id", run_id, *rest, "--resume"]
 
 
 def cmd_all(args: argparse.Namespace) -> int:
@@ -232,7 +248,7 @@ def cmd_all(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     matrix = load_matrix(args.profile or default_profile())
-    return _run(args, matrix, (matrix.cell(args.cell),), resume=False)[1]
+    return _run(args, matrix, (matrix.cell(args.cell),), resume=args.resume)[1]
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -31,13 +31,13 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-from harness import compare, history, report, results
+from harness import compare, history, outputs, report, results
 from harness.dashboard import charts
 from harness.errors import BenchError, InputError
 from harness.history import gate
 from harness.history.index import IndexUpdate
 
-MARKER = ".transfer-bench-dashboard"
+MARKER = outputs.DASHBOARD_MARKER
 SUMMARISED_ENV_KEYS = ("git_dirty_paths",)
 
 
@@ -213,14 +213,7 @@ def _now() -> str:
 
 
 def _check_out(out_dir: Path, runs_dir: Path) -> None:
-    if out_dir.exists():
-        if not out_dir.is_dir():
-            raise InputError(f"--out {out_dir}: not a folder; choose a new or empty folder")
-        if any(out_dir.iterdir()) and not (out_dir / MARKER).is_file():
-            raise InputError(
-                f"--out {out_dir}: exists and is not a dashboard written by bench (no {MARKER}); "
-                "choose a new or empty folder"
-            )
+    outputs.claim(out_dir, outputs.DASHBOARD, option="--out")
     resolved = out_dir.resolve()
     if resolved == runs_dir.resolve() or runs_dir.resolve() in resolved.parents:
         raise InputError(f"--out {out_dir}: inside the runs folder {runs_dir}; choose another")

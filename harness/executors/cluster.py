@@ -1,7 +1,9 @@
 """Cells as tasks on an existing Dask cluster: ``--executor dask --scheduler tcp://HOST:PORT``.
 
-The driver (this process) connects to the scheduler (a short timeout: an address nobody
-answers on is one line, exit 2), checks that every worker runs the same code revision and
+The driver (this process) first asks the address who it is, within a bounded time
+(:func:`probe`: an address nobody answers on, a port held by a plain HTTP server, or a
+listener that accepts and stays silent is one line, exit 2, never a hang), then connects
+its client to the scheduler, checks that every worker runs the same code revision and
 lock digest as the driver (else one line naming the worker, exit 2), and submits one task
 per cell job (:func:`harness.executors.task.run_cell`). Each task runs the same cell
 process command on its worker and ships the result back; the orchestrator writes it
@@ -63,6 +65,50 @@ def _distributed() -> Any:
     return distributed
 
 
+def probe(address: str, timeout: float) -> None:
+    """Connect to ``address``, complete the Dask handshake and ask for its identity, all in
+    bounded time; InputError (one line) unless a Dask scheduler answered.
+
+    ``distributed.Client`` bounds the TCP connect by its timeout, but not the handshake
+    that follows, so a port held by a plain HTTP server, or by a listener that accepts and
+    stays silent, would keep it waiting for ever. The connect gets ``timeout`` (refused
+    connections are retried until then), the handshake and the reply as long again.
+    """
+    import asyncio
+
+    from distributed.comm import connect
+
+    async def ask() -> Any:
+        comm = await connect(address, timeout=timeout)
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            return await comm.read()
+        finally:
+            comm.abort()
+
+    bound = 2 * timeout
+    try:
+        reply = asyncio.run(asyncio.wait_for(ask(), bound))
+    except TimeoutError:
+        raise InputError(
+            f"--scheduler {address}: something accepted the connection but did not answer as "
+            f"a Dask scheduler within {bound:g} s (another service on that port?); check the "
+            "address (the scheduler's port, default 8786, not its dashboard's)"
+        ) from None
+    except Exception as exc:  # refused, unreachable, closed mid-handshake, not Dask's protocol
+        why = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        raise InputError(
+            f"--scheduler {address}: no Dask scheduler answered within {timeout:g} s ({why}); "
+            "check the address, or start a cluster (docs/scale-out.md)"
+        ) from None
+    kind = reply.get("type") if isinstance(reply, dict) else None
+    if kind != "Scheduler":
+        raise InputError(
+            f"--scheduler {address}: the Dask server there is a {kind or 'unknown server'}, not "
+            "a scheduler; give the scheduler's address (tcp://HOST:8786 by default)"
+        )
+
+
 def connect_timeout() -> float:
     import os
 
@@ -92,6 +138,7 @@ class DaskExecutor(Executor):
     def open(self) -> None:
         distributed = _distributed()
         timeout = connect_timeout()
+        probe(self.address, timeout)
         try:
             self.client = distributed.Client(
                 self.address, timeout=timeout, set_as_default=False, name="transfer-bench"

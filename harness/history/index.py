@@ -12,8 +12,11 @@ deleted at any time. :func:`update_index` brings it up to date:
   and is repeated on every update until the folder is fixed or removed. A bad cell file
   skips that cell only; a bad ``run.json`` skips the run.
 * **Atomic**: every change of one update is one transaction, so a reader sees the index
-  before or after an update, never half of one. A database of another schema, or one that
-  is not a database, is rebuilt from the run folders (and says so).
+  before or after an update, never half of one. An index of another schema is rebuilt from
+  the run folders (and says so); so is anything at the default path
+  (``<runs-dir>/.history.sqlite``, a name that is ours). A file named with ``--db`` that is
+  not an index of this harness (:func:`index_problem`: its ``meta`` table names
+  :data:`INDEX_KIND`) is refused, never replaced (:mod:`harness.outputs`).
 
 Environment fingerprints are stored once per distinct fingerprint (``environments``, keyed by
 the sha256 of its canonical JSON). Every run also records its **series key**: the hardware
@@ -35,11 +38,12 @@ from pathlib import Path
 from typing import Any
 
 from harness import env as env_mod
-from harness import results
+from harness import fsio, outputs, results
 from harness.errors import InputError
 from harness.results import CellResult, RunInfo
 
 INDEX_SCHEMA = 1
+INDEX_KIND = "transfer-bench.history-index"  # in the meta table, from the first index on
 DB_NAME = ".history.sqlite"
 
 _DDL = """
@@ -266,8 +270,8 @@ def _create(db_path: Path) -> sqlite3.Connection:
     try:  # a private file until the rename: no transaction needed
         conn.executescript(_DDL)
         conn.execute(
-            "INSERT INTO meta VALUES ('schema', ?), ('created_at', ?)",
-            (str(INDEX_SCHEMA), _now()),
+            "INSERT INTO meta VALUES ('kind', ?), ('schema', ?), ('created_at', ?)",
+            (INDEX_KIND, str(INDEX_SCHEMA), _now()),
         )
     except BaseException:
         conn.close()
@@ -282,16 +286,48 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def open_index(db_path: Path) -> tuple[sqlite3.Connection, str | None]:
-    """Open (or create) the index; returns the connection and why it was rebuilt, if it was."""
+def index_problem(path: Path) -> str | None:
+    """None when ``path`` is a history index of this harness (of any schema), else why not.
+
+    Ours: an SQLite database whose ``meta`` table says ``kind`` = :data:`INDEX_KIND`, or,
+    written before the kind was recorded, one with a ``meta`` schema row and our tables.
+    """
+    tables = outputs.sqlite_tables(Path(path))
+    if isinstance(tables, str):
+        return tables
+    if "meta" not in tables:
+        return "an SQLite database without a meta table"
+    try:
+        conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            meta = {str(k): v for k, v in conn.execute("SELECT key, value FROM meta")}
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        return f"an SQLite database whose meta table cannot be read: {exc}"
+    if meta.get("kind") == INDEX_KIND:
+        return None
+    if "kind" not in meta and "schema" in meta and {"runs", "cells", "metrics"} <= tables:
+        return None
+    return f"an SQLite database of kind {meta.get('kind')!r}"
+
+
+def open_index(db_path: Path, *, owned: bool = False) -> tuple[sqlite3.Connection, str | None]:
+    """Open (or create) the index; returns the connection and why it was rebuilt, if it was.
+
+    An index of another schema is rebuilt; so is anything else when ``owned`` (the default
+    path, whose name is ours). Otherwise a file that is not an index is refused.
+    """
     db_path = Path(db_path)
+    if not owned:  # a path the user named: never replaced unless it is an index
+        outputs.claim(db_path, outputs.HISTORY_INDEX, option="--db")
     try:
         db_path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"history index {db_path}: cannot create its folder: {exc}") from None
     rebuilt = None
     try:
-        if db_path.is_file():
+        if db_path.is_file() and db_path.stat().st_size > 0:
             conn = _open(db_path)
             problem = _schema_problem(conn)
             if problem is None:
@@ -318,10 +354,15 @@ def update_index(
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise InputError(f"runs folder {runs_dir}: no such folder; pass --runs-dir DIR")
-    db_path = Path(db_path) if db_path is not None else default_db_path(runs_dir)
+    default = default_db_path(runs_dir)
+    db_path = Path(db_path) if db_path is not None else default
+    owned = db_path.resolve() == default.resolve()
+    if not owned:
+        outputs.claim(db_path, outputs.HISTORY_INDEX, option="--db")  # before --rebuild
     if rebuild and db_path.exists():
-        db_path.unlink()
-    conn, rebuilt = open_index(db_path)
+        with fsio.guard(db_path, "remove"):
+            db_path.unlink()
+    conn, rebuilt = open_index(db_path, owned=owned)
     try:
         return _update(conn, runs_dir, db_path, rebuilt)
     except sqlite3.Error as exc:
