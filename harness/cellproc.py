@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     import keras  # noqa: F401  (the backend import is part of the process start cost)
 
-    from harness import results, runner
+    from harness import runfolder, runner
     from harness.errors import BenchError
 
     ready = time.time()
@@ -154,9 +154,9 @@ def main(argv: list[str] | None = None) -> int:
         msg = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
         result = _failure(cell, msg, ready, backend_name, process, placed)
     if args.result:
-        results.write_cell_file(args.run_dir / args.result, result)
+        runfolder.write_cell_file(args.run_dir / args.result, result)
     else:
-        results.write_cell(args.run_dir, result)
+        runfolder.write_cell(args.run_dir, result)
     emit("done", cell=cell.cell_id, status=result.status, error=result.error,
          wall_seconds=result.wall_seconds)  # fmt: skip
     return 0 if result.status in ("ok", "skipped") else 1
@@ -171,9 +171,9 @@ def _failure(
     placed: dict,
     status: str = "failed",
 ) -> Any:
-    from harness import runner
+    from harness import runfolder
 
-    return runner.failed_result(
+    return runfolder.failed_result(
         cell, msg, wall_seconds=time.time() - ready, backend_name=backend_name,
         status=status, extra={"process": process, "placement": placed},
     )  # fmt: skip

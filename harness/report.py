@@ -14,7 +14,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from harness import crossbackend, plots, results
+from harness import crossbackend, plots, runfolder
 from harness import findings as findings_mod
 from harness.compare import (
     DEFAULT_TOLERANCES,
@@ -28,7 +28,7 @@ from harness.errors import BenchError
 from harness.jsonio import atomic_write_bytes
 from harness.results import CellResult, RunInfo, Throughput
 
-REPORT_NAME = "report.md"
+REPORT_NAME = runfolder.REPORT_NAME
 
 
 def _pct(x: float | None) -> float | None:
@@ -465,10 +465,10 @@ def write_report(
 ) -> Path:
     """Write ``report.md`` and its PNGs for ``run_dir``; returns the markdown path."""
     run_dir = Path(run_dir)
-    info = results.read_run(run_dir)
-    cells = results.read_cells(run_dir)
-    out = Path(out_dir) if out_dir is not None else run_dir / "report"
-    plot_dir = out / "plots"
+    info = runfolder.read_run(run_dir)
+    cells = runfolder.read_cells(run_dir)
+    out = Path(out_dir) if out_dir is not None else runfolder.report_dir(run_dir)
+    plot_dir = out / runfolder.PLOTS
     plot_dir.mkdir(parents=True, exist_ok=True)
     tol = float(info.tolerances.get("accuracy_points", DEFAULT_TOLERANCES["accuracy_points"]))
     found = findings_mod.compute(cells, tolerance_points=tol, manifest=_load_manifest())

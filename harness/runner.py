@@ -726,30 +726,3 @@ def _epoch_event(row: Any, epochs_map: dict[str, int]) -> dict[str, Any]:
             if k in row.logs
         },
     }
-
-
-def failed_result(
-    cell: CellSpec,
-    error: str,
-    *,
-    wall_seconds: float,
-    backend_name: str,
-    status: str = "failed",
-    extra: dict[str, Any] | None = None,
-) -> CellResult:
-    """The record of a cell that did not finish (or was skipped): its config and the error."""
-    return CellResult(
-        cell_id=cell.cell_id,
-        dataset=cell.dataset,
-        strategy=cell.strategy_label,
-        precision=cell.precision,
-        seed=cell.seed,
-        backend=backend_name,
-        status=status,
-        config={**cell.to_dict(), "cell_id": cell.cell_id},
-        deterministic=cell.deterministic,
-        error=error,
-        target_accuracy=cell.target_accuracy,
-        wall_seconds=wall_seconds,
-        extra=extra or {},
-    )

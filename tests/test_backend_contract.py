@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from harness import backend, results
+from harness import backend, runfolder
 
 REPO = Path(__file__).resolve().parent.parent
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -157,7 +157,7 @@ def test_same_seed_is_bit_identical_on_every_backend(
             "--no-compare",
         )  # fmt: skip
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        runs[run_id] = {c.cell_id: c for c in results.read_cells(tmp_path / run_id)}
+        runs[run_id] = {c.cell_id: c for c in runfolder.read_cells(tmp_path / run_id)}
     for name in installed:
         suffix = "" if name == "tensorflow" else f"/{name}"
         a0 = runs["a"][f"tiny/two-stage-random/float32/s0{suffix}"]

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import runkit
 
-from harness import backend, crossbackend, findings, gpucheck, report, results
+from harness import backend, crossbackend, findings, gpucheck, report, results, runfolder
 from harness.matrix import load_matrix
 
 REPO = Path(__file__).resolve().parent.parent
@@ -67,7 +67,7 @@ def jax_smoke_run_dir(tmp_path_factory: pytest.TempPathFactory, run_bench: Run) 
 
 @pytest.mark.slow
 def test_jax_smoke_matrix_every_cell_ok(jax_smoke_run_dir: Path) -> None:
-    cells = results.read_cells(jax_smoke_run_dir)
+    cells = runfolder.read_cells(jax_smoke_run_dir)
     assert len(cells) == len(load_matrix("smoke").cells) == 12
     bad = {c.cell_id: c.error for c in cells if not c.ok}
     assert not bad, bad
@@ -107,8 +107,8 @@ def test_jax_accuracy_within_the_profile_tolerance_of_tensorflow(
       difference over its datasets within tol (a systematic shift between the backends).
     """
     tol = load_matrix("smoke").tolerances.accuracy_points
-    jax_cells = results.read_cells(jax_smoke_run_dir)
-    tf_cells = results.read_cells(smoke_run_dir)
+    jax_cells = runfolder.read_cells(jax_smoke_run_dir)
+    tf_cells = runfolder.read_cells(smoke_run_dir)
     pairs = crossbackend.between_runs(jax_cells, tf_cells, run_id="jax", base_run_id="tensorflow")
     assert len(pairs) == 12 and all(p.ok for p in pairs)
     sides = {
@@ -212,7 +212,7 @@ def test_a_jax_cell_runs_where_tensorflow_cannot_be_imported(tmp_path: Path) -> 
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("@@modules ")]
     assert line, proc.stdout[-2000:] + proc.stderr[-3000:]
     found = json.loads(line[-1].split(" ", 1)[1])
-    res = results.read_cell(tmp_path / "cells" / "tiny__two-stage-random__float32__s0.json")
+    res = runfolder.read_cell(tmp_path / "cells" / "tiny__two-stage-random__float32__s0.json")
     assert found["rc"] == 0 and res.ok, res.error
     assert found["tensorflow_modules"] == []
     assert res.extra["tensorboard"]["status"] == "unavailable"

@@ -29,7 +29,7 @@ from data_fixtures import (
     write_manifest,
 )
 
-from harness import results
+from harness import runfolder
 from harness.manifest import LocalSource, load_manifest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -173,8 +173,8 @@ def test_add_a_folder_and_an_archive(
     assert proc.stderr.count("pre-flight: preparing birds at 32 px") == 1
     assert "preparing pets" not in proc.stderr  # already prepared
     for dataset, n_train, n_val in (("pets", 18, 6), ("birds", 24, 6)):
-        res = results.read_cell(
-            runs / "mine" / "cells" / results.cell_filename(f"{dataset}/scratch/float32/s0")
+        res = runfolder.read_cell(
+            runs / "mine" / "cells" / runfolder.cell_filename(f"{dataset}/scratch/float32/s0")
         )
         assert res.ok, res.error
         assert res.config["effective"]["train_examples"] == n_train

@@ -29,7 +29,7 @@ from data_fixtures import (
     write_manifest,
 )
 
-from harness import hostdevices, preflight, results
+from harness import hostdevices, preflight, runfolder
 from harness.errors import InputError
 from harness.matrix import parse_matrix
 
@@ -147,7 +147,8 @@ def test_skip_unavailable_records_the_reason(
     assert code == 0, out + err
     assert "0 ok, 0 failed, 3 skipped" in out
     cells = {
-        r.cell_id: r for r in (results.read_cell(p) for p in (runs / "b" / "cells").glob("*.json"))
+        r.cell_id: r
+        for r in (runfolder.read_cell(p) for p in (runs / "b" / "cells").glob("*.json"))
     }
     assert {r.status for r in cells.values()} == {"skipped"}
     assert "mixed_float16 needs a GPU" in (cells["synthetic/scratch/mixed_float16/s0"].error or "")

@@ -26,7 +26,7 @@ import pytest
 import runkit
 from conftest import BENCH, REPO
 
-from harness import results
+from harness import runfolder
 from harness.executors.repeats import combine
 from harness.executors.shard import parse_shard, shard_of
 from harness.results import CellResult
@@ -64,7 +64,7 @@ def one_line(err: str) -> str:
 
 
 def cells_of(run_dir: Path) -> dict[str, CellResult]:
-    found = (results.read_cell(p) for p in (run_dir / "cells").glob("*.json"))
+    found = (runfolder.read_cell(p) for p in (run_dir / "cells").glob("*.json"))
     return {c.cell_id: c for c in found}
 
 
@@ -125,7 +125,7 @@ def serial(work: Path, bench_env: dict[str, str]) -> dict[str, CellResult]:
 def test_shards_merge_into_the_whole_cell_set(serial: dict[str, CellResult], work: Path) -> None:
     assert sorted(serial) == sorted(CELLS)
     assert all(c.ok and c.extra["placement"]["executor"] == "serial" for c in serial.values())
-    info = results.read_run(work / "runs" / "all")
+    info = runfolder.read_run(work / "runs" / "all")
     assert sorted(info.cell_ids) == sorted(CELLS) and info.finished_at
     assert [m["shard"] for m in info.matrix["merged_from"]] == ["1/2", "2/2"]
     assert len(list((work / "runs" / "all" / "logs").glob("*.log"))) == 4
@@ -165,7 +165,7 @@ def test_jobs_2_driver_killed_then_resumed_equals_serial(
         placed = got[cid].extra["placement"]
         assert placed["executor"] == "local" and placed["shared"] is True
         assert placed["concurrent_cells"] == 2
-    info = results.read_run(work / "runs" / "jobs")
+    info = runfolder.read_run(work / "runs" / "jobs")
     assert info.environment["executor"]["throughput_shared"] is True
 
 
@@ -273,7 +273,7 @@ def test_dask_cluster_equals_serial_and_retries_a_lost_worker(
     assert first["outcome"] == "worker lost" and first["worker_pid"] == killed
     assert second["outcome"] == "finished"
     assert "was lost" in out
-    info = results.read_run(work / "runs" / "dask")
+    info = runfolder.read_run(work / "runs" / "dask")
     assert info.environment["executor"]["name"] == "dask"
     assert info.environment["executor"]["workers"] == 2
 

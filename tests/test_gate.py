@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import BENCH, REPO
 
-from harness import baseline, noise, reprokey, results
+from harness import baseline, noise, reprokey, runfolder
 from harness.errors import InputError
 from harness.perf import inject
 
@@ -119,7 +119,7 @@ def test_record_keeps_noise_seeds_repeats_and_the_thread_rule(recorded: Path, ho
         # the rule on this 32 px cell: well under one thread's worth of work per step
         assert plan["source"] == "rule" and plan["intra_op"] == 1 and plan["rule"] == "threads-v1"
         assert cell.extra["placement"]["threads"]["TF_NUM_INTRAOP_THREADS"] == "1"
-    info = results.read_run(home / "runs" / "rec")
+    info = runfolder.read_run(home / "runs" / "rec")
     assert info.environment["thread_policy"]["rule"] == "threads-v1"
 
 
@@ -176,7 +176,7 @@ def test_another_key_falls_to_the_statistical_tier_and_says_so(recorded, home, b
         for m in c["metrics"]:
             if m["unit"] == "points":
                 assert m["verdict"] == "within noise", (c["cell_id"], m)
-    plan = results.read_cells(home / "runs" / "twothreads")[0].extra["placement"]["thread_plan"]
+    plan = runfolder.read_cells(home / "runs" / "twothreads")[0].extra["placement"]["thread_plan"]
     assert plan["source"] == "environment" and plan["intra_op"] == 2
 
 

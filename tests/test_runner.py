@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import results
+from harness import runfolder
 from harness.results import CellResult
 
 TINY = """
@@ -49,7 +49,7 @@ def matrix_file(tmp_path: Path, groups: str) -> Path:
 
 
 def read(run_dir: Path, cell_id: str) -> CellResult:
-    return results.read_cell(run_dir / "cells" / results.cell_filename(cell_id))
+    return runfolder.read_cell(run_dir / "cells" / runfolder.cell_filename(cell_id))
 
 
 def learning_curve(res: CellResult) -> list[tuple]:
@@ -137,14 +137,14 @@ learning_rate = 1e38
     assert resumed.returncode == 1, resumed.stdout + resumed.stderr  # one cell fails
     for name, data in before.items():
         assert (cells_dir / name).read_bytes() == data, f"{name} changed on resume"
-    done = {p.name: results.read_cell(p) for p in cells_dir.glob("*.json")}
+    done = {p.name: runfolder.read_cell(p) for p in cells_dir.glob("*.json")}
     assert len(done) == 3
     failed = read(runs / "r", "tiny/fine-tune-random/float32/s0")
     assert failed.status == "failed" and "training diverged" in (failed.error or "")
     assert read(runs / "r", "tiny/feature-extract-random/float32/s0").ok
     probe = read(runs / "r", "tiny/linear-probe-random/float32/s0")
     assert probe.ok and probe.extra["feature_cache"]["images"] > 0
-    info = results.read_run(runs / "r")
+    info = runfolder.read_run(runs / "r")
     assert info.finished_at and len(info.cell_ids) == 3
     assert "failed: tiny/fine-tune-random/float32/s0" in resumed.stdout
 

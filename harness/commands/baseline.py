@@ -56,9 +56,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_accept(args: argparse.Namespace) -> int:
-    from harness import baseline  # here, so that `bench --help` stays quick
+    from harness import baseline, runfolder  # here, so that `bench --help` stays quick
 
-    run_dir = baseline.resolve_run_dir(args.run)
+    run_dir = runfolder.resolve(args.run)
     path, base = baseline.accept(run_dir, force=args.force, path=args.output)
     _say_accepted(path, base)
     return 0

@@ -42,11 +42,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness import baseline, compare  # here: `bench --help` stays quick
+    from harness import baseline, compare, runfolder  # here: `bench --help` stays quick
     from harness.errors import InputError
     from harness.history import gate
 
-    run_dir = baseline.resolve_run_dir(args.run)
+    run_dir = runfolder.resolve(args.run)
     comparison = gate.comparison(run_dir, args.baseline, accuracy_only=args.accuracy_only)
     if comparison is None:
         info_profile = _profile(run_dir)
@@ -59,6 +59,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _profile(run_dir: Path) -> str:
-    from harness import results
+    from harness import runfolder
 
-    return results.read_run(run_dir).profile
+    return runfolder.read_run(run_dir).profile

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harness import container
+from harness import container, provenance
 from harness.errors import InputError
 
 
@@ -137,7 +137,7 @@ def _user(value: str | None) -> str | None:
 
 
 def _info(args: argparse.Namespace) -> int:
-    inside = container.container_fingerprint()
+    inside = provenance.container_fingerprint()
     if inside is not None:
         report: dict[str, Any] = {"where": "container", **inside}
     else:

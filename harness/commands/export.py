@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from harness import baseline, outputs
+from harness import outputs, runfolder
 from harness.errors import EXIT_OK, InputError
 
 
@@ -59,6 +59,6 @@ def run_mlflow(args: argparse.Namespace) -> int:
         )
     if not args.tracking_uri:
         outputs.check_mlflow_uri(uri, option="MLFLOW_TRACKING_URI=")
-    run_dir = baseline.resolve_run_dir(args.run)
+    run_dir = runfolder.resolve(args.run)
     print(mlflow_export.export_run(run_dir, tracking_uri=uri, experiment=args.experiment).summary())
     return EXIT_OK

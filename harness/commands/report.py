@@ -37,11 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     # Imported here, not at the top: matplotlib costs seconds, and `bench --help` or
     # `bench --version` import every command module.
-    from harness import baseline, report, results
+    from harness import baseline, report, runfolder
     from harness.history import gate
 
-    run_dir = baseline.resolve_run_dir(args.run)
-    info = results.read_run(run_dir)
+    run_dir = runfolder.resolve(args.run)
+    info = runfolder.read_run(run_dir)
     comparison = gate.comparison(run_dir, args.baseline)
     out = report.write_report(run_dir, comparison=comparison, out_dir=args.out)
     print(f"report: {out}")

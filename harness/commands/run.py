@@ -196,7 +196,9 @@ def _run(args: argparse.Namespace, matrix: Any, cells: Any, resume: bool) -> tup
 
 def _resume_hint(args: argparse.Namespace, stopped: RunStopped) -> str:
     """The exact command that completes a stopped run (or why there is none)."""
-    if not (Path(stopped.run_dir) / "run.json").is_file():
+    from harness import runfolder
+
+    if not runfolder.is_run(Path(stopped.run_dir)):
         return "nothing was recorded; start the run again"
     return f"resume with: {shlex.join(resume_command(args, stopped.run_id))}"
 

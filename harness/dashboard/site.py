@@ -31,7 +31,7 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-from harness import compare, history, outputs, report, results
+from harness import compare, history, outputs, report, results, runfolder
 from harness.dashboard import charts
 from harness.errors import BenchError, InputError
 from harness.history import gate
@@ -128,8 +128,8 @@ def _script_json(data: Any) -> str:
 
 def _copy_report(run_dir: Path, dest: Path) -> bool:
     """Copy ``<run>/report`` (report.md + plots) into ``dest``; False if there is none."""
-    src = run_dir / "report"
-    if not (src / report.REPORT_NAME).is_file():
+    src = runfolder.report_dir(run_dir)
+    if not (src / runfolder.REPORT_NAME).is_file():
         return False
     shutil.copytree(src, dest)
     return True
@@ -166,8 +166,8 @@ def build_site(
 
     latest = next((r for r in reversed(runs) if not r.dry_run), runs[-1])  # numbers, not a check
     latest_dir = runs_dir / latest.folder
-    info = results.read_run(latest_dir)
-    cells = results.read_cells(latest_dir)
+    info = runfolder.read_run(latest_dir)
+    cells = runfolder.read_cells(latest_dir)
     notes: list[str] = []
     comparison, why_none = None, ""
     try:

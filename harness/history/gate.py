@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness import baseline as baseline_mod
-from harness import compare, reprokey, results
+from harness import compare, reprokey, runfolder
 from harness.history.index import default_db_path
 from harness.history.samples import throughput_samples
 
@@ -28,11 +28,11 @@ def comparison(
     for its key, :func:`harness.baseline.choose`), with the throughput history of its run
     key from the index (``history_db``, default the runs folder's); None: no baseline."""
     run_dir = Path(run_dir)
-    info = results.read_run(run_dir)
+    info = runfolder.read_run(run_dir)
     chosen = baseline_mod.choose(info.profile, info.environment, baseline_path)
     if chosen is None:
         return None
-    cells = results.read_cells(run_dir)
+    cells = runfolder.read_cells(run_dir)
     key_id = reprokey.key_id(reprokey.run_key(info.environment))
     samples = throughput_samples(
         history_db or default_db_path(run_dir.parent),
