@@ -46,7 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import crossbackend, jsonio, paths, runfolder
+from harness import jsonio, paths, runfolder
+from harness.analysis import crossbackend
 from harness.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK
 from harness.results import CellResult
 
@@ -259,7 +260,7 @@ def dry_run_reports(run_dirs: list[str]) -> str | None:
     phase's ``bench all`` writes one; the dry run writes them here, without a comparison,
     so that the reports are known to render before the check first meets a GPU.
     """
-    from harness import report
+    from harness.analysis import report
 
     for d in run_dirs:
         if not runfolder.is_run(Path(d)):

@@ -12,7 +12,7 @@
       tensorboard/<cell file>/        TensorBoard events (repeat 1 only)
       report/report.md, plots/*.png   bench report
       processes.json                  per cell process: wall and start cost, last invocation
-      .lock                           the writer's lock (harness.run.runlock)
+      .lock                           the writer's lock (harness.run.lock)
 
 Every other module asks this one for these names, to resolve a run id or path, to find a
 profile's latest run, to tell which cells finished, and to write the record of a cell that

@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 import runkit
 
-from harness import backend, crossbackend, findings, gpucheck, report, results, runfolder
+from harness import backend, gpucheck, results, runfolder
+from harness.analysis import crossbackend, findings, report
 from harness.matrix import load_matrix
 
 REPO = Path(__file__).resolve().parent.parent
@@ -79,8 +80,8 @@ def test_jax_smoke_matrix_every_cell_ok(jax_smoke_run_dir: Path) -> None:
 
 
 def did_not_learn(cell: results.CellResult) -> str | None:
-    """Why ``cell`` counts as not having learned (:func:`harness.findings.chance_check`), or
-    None when it learned (or cannot say)."""
+    """Why ``cell`` counts as not having learned
+    (:func:`harness.analysis.findings.chance_check`), or None when it learned (or cannot say)."""
     check = findings.chance_check(cell)
     return None if check is None or check.learned else findings.did_not_learn_note(check)
 
@@ -198,7 +199,7 @@ def test_a_jax_cell_runs_where_tensorflow_cannot_be_imported(tmp_path: Path) -> 
         "import sys, json, importlib.util\n"
         f"{HIDE_TENSORFLOW}"
         "assert importlib.util.find_spec('tensorflow') is None\n"
-        "from harness import cellproc\n"
+        "from harness.cell import process as cellproc\n"
         f"rc = cellproc.main(['--cell-json', {json.dumps(json.dumps(cell))}, "
         f"'--run-dir', {str(tmp_path)!r}, '--backend', 'jax'])\n"
         "loaded = sorted(m for m in sys.modules "

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import runkit
 
-from harness import baseline, reprokey, runfolder
+from harness import runfolder
+from harness.analysis import baseline, reprokey
 from harness.cli import main
 from harness.errors import InputError
 

@@ -18,7 +18,8 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from harness import baseline, reprokey, runfolder
+from harness import runfolder
+from harness.analysis import baseline, reprokey
 from harness.matrix import load_matrix
 
 REPO = Path(__file__).resolve().parent.parent

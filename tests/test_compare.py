@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import runkit
 
-from harness import baseline, compare, results, runfolder
+from harness import results, runfolder
+from harness.analysis import baseline, compare
 from harness.cli import main
 from harness.history import gate
 

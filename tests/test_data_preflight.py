@@ -29,9 +29,10 @@ from data_fixtures import (
     write_manifest,
 )
 
-from harness import hostdevices, preflight, runfolder
+from harness import runfolder
 from harness.errors import InputError
 from harness.matrix import parse_matrix
+from harness.run import hostdevices, preflight
 
 HEAD = """
 [tolerances]
@@ -179,7 +180,7 @@ def test_backend_not_installed_is_caught_before_any_cell(
 
 
 def test_data_is_prepared_once_in_the_parent_and_cells_never_prepare(home: Path) -> None:
-    from harness.runner import load_data
+    from harness.cell.runner import load_data
 
     path = _profile(home, _group("pets"), _group("pets", "feature-extract"))
     import tomllib

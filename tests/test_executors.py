@@ -27,9 +27,9 @@ import runkit
 from conftest import BENCH, REPO
 
 from harness import runfolder
-from harness.executors.repeats import combine
-from harness.executors.shard import parse_shard, shard_of
 from harness.results import CellResult
+from harness.run.repeats import combine
+from harness.run.shard import parse_shard, shard_of
 
 PROFILE = """
 [tolerances]
@@ -233,7 +233,7 @@ def cell_processes(marker: Path) -> list[tuple[int, int]]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        if b"harness.cellproc" in cmd and any(str(marker).encode() in a for a in cmd):
+        if b"harness.cell.process" in cmd and any(str(marker).encode() in a for a in cmd):
             found.append((int(entry.name), int(stat.rsplit(")", 1)[1].split()[1])))
     return found
 
@@ -360,7 +360,7 @@ def test_repeats_field_is_validated(tmp_path: Path) -> None:
 
 
 def test_placement_env_is_recorded_by_the_cell_process(monkeypatch: pytest.MonkeyPatch) -> None:
-    from harness import cellproc
+    from harness.cell import process as cellproc
 
     monkeypatch.setenv(cellproc.PLACEMENT_ENV, json.dumps({"executor": "local", "slot": 1}))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
@@ -403,7 +403,7 @@ def test_devices_pin_one_gpu_per_slot_and_jobs_divide_the_cores() -> None:
 def test_report_marks_shared_throughput_and_shows_repeats() -> None:
     import dataclasses
 
-    from harness import report
+    from harness.analysis import report
 
     shared = runkit.cell(seed=0)
     shared = dataclasses.replace(shared, extra={"placement": {"shared": True}})

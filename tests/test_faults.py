@@ -26,7 +26,8 @@ import pytest
 import runkit
 from conftest import BENCH, REPO
 
-from harness import baseline, plots, results, runfolder
+from harness import results, runfolder
+from harness.analysis import baseline, plots
 from harness.cli import main
 from harness.matrix import load_matrix
 

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 from conftest import BENCH, REPO
 
-from harness import baseline, noise, reprokey, runfolder
+from harness import runfolder
+from harness.analysis import baseline, noise, reprokey
 from harness.errors import InputError
 from harness.perf import inject
 
@@ -267,7 +268,7 @@ def test_throughput_noise_is_robust_to_one_bad_night_and_symmetric() -> None:
     dirty = noise.throughput_model(groups, [[1000, 1010, 990, 400, 1005]])  # one bad night
     assert 0.02 < clean.sd < 0.045 and dirty.sd < clean.sd * 1.3
     # one limit on the log scale: a ratio and its inverse are equally far from "no change"
-    from harness.compare import IMPROVEMENT, REGRESSION, _verdict
+    from harness.analysis.compare import IMPROVEMENT, REGRESSION, _verdict
 
     allow = noise.throughput_allowance(clean, groups[0], [1000.0], 0.001, floor_relative=0.0)
     step = allow.limit * 1.01

@@ -16,7 +16,7 @@ import runkit
 from harness import history, runfolder
 from harness.cli import main
 from harness.history import index as index_mod
-from harness.steps import StepModel, detect_steps
+from harness.history.steps import StepModel, detect_steps
 
 
 def _history(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -10,7 +10,8 @@ from pathlib import Path
 import nightly
 import pytest
 
-from harness import report, runfolder
+from harness import runfolder
+from harness.analysis import report
 from harness.cli import main
 
 mlflow = pytest.importorskip("mlflow", reason="the mlflow extra is not installed")

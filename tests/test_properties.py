@@ -29,7 +29,8 @@ from conftest import REPO
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from harness import baseline, compare, report, results, runfolder
+from harness import results, runfolder
+from harness.analysis import baseline, compare, report
 from harness.errors import InputError
 from harness.manifest import load_manifest
 from harness.matrix import load_matrix, parse_matrix

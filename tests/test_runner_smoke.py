@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import findings, results, runfolder
+from harness import results, runfolder
+from harness.analysis import findings
 from harness.matrix import load_matrix
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""Streaming input (harness.streaming): same batches as in memory, flat memory, the path rule.
+"""Streaming input (harness.cell.streaming): same batches as in memory, flat memory, the path rule.
 
 - The streamed batches of an epoch are exactly the in-memory gather of the same seeded
   order (through the bare reader and through the Keras PyDataset with reader threads),
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import streaming
+from harness.cell import streaming
 from harness.datasets import cache
 from harness.datasets.loader import iterate_batches, open_split
 from harness.errors import InputError
@@ -165,7 +165,7 @@ PROBE = r"""
 import json, os, sys, threading, time
 import numpy as np
 import keras
-from harness import streaming
+from harness.cell import streaming
 from harness.datasets.loader import open_split
 
 def status(key):
@@ -311,8 +311,8 @@ def test_the_runner_streams_from_the_prepared_cache(
 
     import tomllib
 
+    from harness.cell.runner import load_data
     from harness.matrix import parse_matrix
-    from harness.runner import load_data
 
     cell = parse_matrix(tomllib.loads(CELL_TOML), path=profile, profile="p").cells[0]
     auto = load_data(cell)  # $BENCH_INPUT_PATH unset here: 3.5 MiB is read whole

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from harness import runfolder
-from harness import tensorboard as tb
+from harness.cell import tensorboard as tb
 
 TRAIN_TAGS = {"epoch_loss", "epoch_accuracy", "epoch_learning_rate", tb.STEP_TIME_TAG, tb.RATE_TAG}
 VALIDATION_TAGS = {"epoch_loss", "epoch_accuracy"}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from harness.commands import options
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -23,15 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             "were compared than min_compared asks; 2 on bad input; else 0."
         ),
     )
-    p.add_argument("run", metavar="RUN", help="run id under reports/runs/, or a run folder")
-    p.add_argument(
-        "--baseline",
-        type=Path,
-        metavar="FILE",
-        help="baseline file or run folder (default: the stored baseline of the run's key, "
-        "else another of its profile's)",
-    )
-    p.add_argument("--json", action="store_true", help="print machine-readable verdicts")
+    options.run(p)
+    options.baseline(p, metavar="FILE")
+    options.json(p, "print machine-readable verdicts")
     p.add_argument(
         "--accuracy-only",
         action="store_true",
@@ -42,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness import baseline, compare, runfolder  # here: `bench --help` stays quick
+    from harness import runfolder  # here: `bench --help` stays quick
+    from harness.analysis import baseline, compare
     from harness.errors import InputError
     from harness.history import gate
 

@@ -11,6 +11,7 @@ import argparse
 import os
 
 from harness import outputs, runfolder
+from harness.commands import options
 from harness.errors import EXIT_OK, InputError
 
 
@@ -30,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Needs the mlflow extra."
         ),
     )
-    m.add_argument("run", metavar="RUN", help="run id under reports/runs/, or a run folder")
+    options.run(m)
     m.add_argument(
         "--tracking-uri",
         "--uri",

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import fsio, paths, results, runfolder
+from harness.commands import options
 from harness.errors import EXIT_OK, InputError
 
 COPIED = (runfolder.CELLS, runfolder.REPEATS, runfolder.LOGS, runfolder.TENSORBOARD)
@@ -27,7 +28,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("merge", help="combine shard runs (bench all --shard i/n) into one run")
     p.add_argument("runs", nargs="+", help="run folders, or run ids under --runs-dir")
     p.add_argument("--out", required=True, help="the merged run: a folder, or a run id")
-    p.add_argument("--runs-dir", type=Path, default=None, help="default: reports/runs")
+    options.runs_dir(p)
     p.set_defaults(func=cmd_merge)
 
 

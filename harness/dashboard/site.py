@@ -2,8 +2,8 @@
 
 What the page holds, for one profile (default: the profile of the newest run):
 
-* the latest run's results matrix and every cell (:mod:`harness.report`'s tables);
-* the baseline verdicts of the latest run (:mod:`harness.compare`), or why there are none;
+* the latest run's results matrix and every cell (:mod:`harness.analysis.report`'s tables);
+* the baseline verdicts of the latest run (:mod:`harness.analysis.compare`), or why there are none;
 * per-cell trend charts (:mod:`harness.dashboard.charts`) from the history index, one line
   per machine and lock, detected steps marked and listed;
 * the environment differences between any two runs (two selectors; the fingerprints are
@@ -31,7 +31,8 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-from harness import compare, history, outputs, report, results, runfolder
+from harness import history, outputs, results, runfolder
+from harness.analysis import compare, report
 from harness.dashboard import charts
 from harness.errors import BenchError, InputError
 from harness.history import gate

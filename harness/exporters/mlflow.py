@@ -51,7 +51,7 @@ from urllib.request import url2pathname
 
 from harness import env as env_mod
 from harness import runfolder
-from harness.compare import flatten
+from harness.analysis.compare import flatten
 from harness.errors import InputError
 from harness.history.index import hardware_label, lock_digest
 from harness.results import CellResult, RunInfo

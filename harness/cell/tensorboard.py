@@ -9,7 +9,7 @@ one TensorBoard run per cell and split (``train``, ``validation``):
   (``epoch_loss``, ``epoch_accuracy``, and for validation the same tags under
   ``validation/``) and ``epoch_learning_rate``;
 * :class:`StepTimeScalars` writes what Keras' callback cannot: per epoch, the median of the
-  measured (post-warm-up) step times that :class:`harness.timing.StepTimer` took, as
+  measured (post-warm-up) step times that :class:`harness.cell.timing.StepTimer` took, as
   ``epoch_step_time_median_s`` and ``epoch_train_images_per_s`` in ``train/``.
 
 Neither touches a measured step: Keras' batch hooks are disabled (:class:`EpochTensorBoard`;

@@ -1,6 +1,6 @@
 """Run one cell in this process and return its :class:`~harness.results.CellResult`.
 
-Call it from a fresh process (``python -m harness.cellproc``): the seed, the precision
+Call it from a fresh process (``python -m harness.cell.process``): the seed, the precision
 policy and the backend's graph caches are process-global. :func:`run_cell` runs five
 phases, each a function with one job, in this order:
 
@@ -14,12 +14,12 @@ phases, each a function with one job, in this order:
    file; it never prepares. Preprocessing and augmentation are layers inside the model,
    so the input side never limits the measured throughput. Small splits are read whole;
    splits too big for that stay memory-mapped and :func:`fit` and :func:`measure` stream
-   them through :mod:`harness.streaming` (:func:`harness.streaming.choose_input`,
+   them through :mod:`harness.cell.streaming` (:func:`harness.cell.streaming.choose_input`,
    ``$BENCH_INPUT_PATH`` forces either; the result's ``extra.input_path`` says which and
    why);
-3. :func:`build` — the model (:mod:`harness.strategies`);
-4. :func:`fit` — one ``fit`` per stage with the timing callbacks (:mod:`harness.timing`),
-   TensorBoard's (:mod:`harness.tensorboard`), ReduceLROnPlateau where the cell asks;
+3. :func:`build` — the model (:mod:`harness.cell.strategies`);
+4. :func:`fit` — one ``fit`` per stage with the timing callbacks (:mod:`harness.cell.timing`),
+   TensorBoard's (:mod:`harness.cell.tensorboard`), ReduceLROnPlateau where the cell asks;
 5. :func:`measure` — test accuracy, inference throughput at a fixed batch, peak memory,
    weights digest; then :func:`record` makes the :class:`~harness.results.CellResult`.
 """
@@ -36,7 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from harness import backend, streaming
+from harness import backend
+from harness.cell import streaming
 from harness.errors import BenchError, InputError
 from harness.matrix import NO_WEIGHTS, SYNTHETIC_STEPS, CellSpec
 from harness.results import CellResult, EpochRecord, Throughput
@@ -65,7 +66,7 @@ class CellData:
     digests: dict[str, str]
     note: str = ""
     # How fit and evaluate read the arrays: "memory" (arrays held whole) or "stream" (the
-    # prepared cache's memory maps, read batch by batch; see :mod:`harness.streaming`).
+    # prepared cache's memory maps, read batch by batch; see :mod:`harness.cell.streaming`).
     choice: streaming.InputChoice | None = None
 
     @property
@@ -101,7 +102,7 @@ def standins(cell: CellSpec, num_classes: int, n_train: int, n_val: int) -> Cell
 
 def load_data(cell: CellSpec, *, allow_unpinned: bool = False) -> CellData:
     """The prepared splits of a real-data cell: read into memory, or left memory-mapped to
-    be streamed when :func:`harness.streaming.choose_input` says so (too big to read
+    be streamed when :func:`harness.cell.streaming.choose_input` says so (too big to read
     whole, or ``$BENCH_INPUT_PATH``). Never prepares: the pre-flight did, in the parent; a
     missing cache is a clear error naming the command."""
     from harness.datasets.loader import open_split
@@ -117,7 +118,7 @@ def load_data(cell: CellSpec, *, allow_unpinned: bool = False) -> CellData:
     choice = streaming.choose_input(
         streaming.split_bytes(train, val, test), mode=streaming.requested_mode()
     )
-    # Streamed: the np.memmap objects themselves (harness.streaming.RowReader reads their
+    # Streamed: the np.memmap objects themselves (harness.cell.streaming.RowReader reads their
     # rows with preadv, so the batches are resident, not the file's pages).
     whole: Callable[[np.ndarray], np.ndarray] = (
         (lambda a: a) if choice.path == "stream" else np.ascontiguousarray
@@ -256,9 +257,9 @@ def run_cell(
     inference, peak memory, weights digest) and :func:`record` (the CellResult).
 
     ``run_dir``: the run folder, under which the cell's TensorBoard events are written
-    (:mod:`harness.tensorboard`); None writes none."""
+    (:mod:`harness.cell.tensorboard`); None writes none."""
     t_start = time.perf_counter()
-    from harness import strategies
+    from harness.cell import strategies
 
     env = setup(cell, dry_run=dry_run)
     num_classes = num_classes_of(cell)
@@ -337,9 +338,9 @@ def open_inputs(
 
 
 def build(cell: CellSpec, inputs: Inputs) -> Any:
-    """The cell's model (:func:`harness.strategies.build`); the device's peak memory window
+    """The cell's model (:func:`harness.cell.strategies.build`); the device's peak memory window
     starts after it."""
-    from harness import strategies
+    from harness.cell import strategies
 
     built = strategies.build(
         cell, inputs.data.num_classes, inputs.weights_file, inputs.weights_note
@@ -363,7 +364,7 @@ def fit(
     A loss that is not finite raises (the cell diverged)."""
     import keras
 
-    from harness import strategies, tensorboard, timing
+    from harness.cell import strategies, tensorboard, timing
 
     data, batch, epochs_map = inputs.data, inputs.batch, inputs.epochs_map
     epoch_timer = timing.EpochTimer(
@@ -473,7 +474,7 @@ def measure(
     """After training: test accuracy, inference throughput of the whole image model at a
     fixed batch (for linear-probe too), train throughput, peak memory, compile costs,
     weights digest. Closes the compile watch."""
-    from harness import strategies, timing
+    from harness.cell import strategies, timing
 
     data, batch = inputs.data, inputs.batch
     counts = strategies.layer_counts(built)
@@ -538,7 +539,7 @@ def record(
 ) -> CellResult:
     """The :class:`CellResult` of a finished cell: its resolved config, learning curve and
     measurements (pure: reads what the earlier phases returned)."""
-    from harness import strategies
+    from harness.cell import strategies
 
     data = inputs.data
     extra: dict[str, Any] = {**fitted.extra, **measured.extra}

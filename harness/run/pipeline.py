@@ -18,8 +18,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from harness import baseline as baseline_mod
-from harness import compare, history, report, runfolder
+from harness import history, runfolder
+from harness.analysis import baseline as baseline_mod
+from harness.analysis import compare, report
 from harness.errors import EXIT_BAD_INPUT, EXIT_NOT_COMPARED, EXIT_OK, BenchError
 from harness.history import gate
 

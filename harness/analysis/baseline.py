@@ -1,7 +1,7 @@
 """Stored baselines: the accepted results of a profile, one per reproducibility key.
 
 A profile may have several baselines, one per machine type / lock / backend / thread
-setting (its *run key*, :mod:`harness.reprokey`), as asv keeps one results folder per
+setting (its *run key*, :mod:`harness.analysis.reprokey`), as asv keeps one results folder per
 machine: ``reports/baselines/<profile>/<key id>.json`` (versioned JSON, kind
 ``transfer-bench.baseline``, schema 2). ``bench baseline accept RUN`` adds the one for the
 run's key or replaces it, and nothing else writes one. A comparison picks the baseline of
@@ -27,7 +27,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from harness import jsonio, paths, reprokey, results, runfolder
+from harness import jsonio, paths, results, runfolder
+from harness.analysis import reprokey
 from harness.errors import InputError, RunFailure
 from harness.results import CellResult, RunInfo
 

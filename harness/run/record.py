@@ -21,10 +21,10 @@ from typing import Any
 from harness import fsio, jsonio, results, runfolder
 from harness.errors import InputError
 from harness.executors.base import CellEnd, CellJob
-from harness.executors.repeats import combine
 from harness.matrix import CellSpec
-from harness.progress import RunProgress
 from harness.results import CellResult
+from harness.run.progress import RunProgress
+from harness.run.repeats import combine
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ class Recorder:
     @staticmethod
     def _epochs(cell: CellSpec, dry_run: bool) -> int:
         if dry_run:  # a dry run runs one short epoch per stage
-            from harness.strategies import plan
+            from harness.cell.strategies import plan
 
             return len(plan(cell).stages)
         return cell.epochs

@@ -1,6 +1,6 @@
-"""One cell, one process: ``python -m harness.cellproc --cell-json ... --run-dir DIR``.
+"""One cell, one process: ``python -m harness.cell.process --cell-json ... --run-dir DIR``.
 
-The orchestrator (:mod:`harness.orchestrate`) starts this module once per cell so that
+The orchestrator (:mod:`harness.run.orchestrate`) starts this module once per cell so that
 global state (seed, precision policy, graph caches, device memory) cannot leak between
 cells and a crash or out-of-memory kill fails that cell only. It sets the backend's
 environment *before* Keras is imported, runs the cell, writes ``cells/<cell>.json`` and
@@ -101,7 +101,7 @@ def plan_threads(cell: Any) -> Any:
 def main(argv: list[str] | None = None) -> int:
     die_with_parent()
     apply_affinity()
-    ap = argparse.ArgumentParser(prog="python -m harness.cellproc")
+    ap = argparse.ArgumentParser(prog="python -m harness.cell.process")
     ap.add_argument("--cell-json", required=True, help="the resolved CellSpec as JSON")
     ap.add_argument("--run-dir", required=True, type=Path)
     ap.add_argument("--backend", default=None)
@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     import keras  # noqa: F401  (the backend import is part of the process start cost)
 
-    from harness import runfolder, runner
+    from harness import runfolder
+    from harness.cell import runner
     from harness.errors import BenchError
 
     ready = time.time()

@@ -2,7 +2,7 @@
 
 ``reports/runs/<run-id>/run.json`` (:class:`~harness.results.RunInfo`) is written when the
 run starts and again, with ``finished_at``, when it ends; each cell's process
-(``python -m harness.cellproc``) writes ``cells/<cell-file>.json`` and its output goes to
+(``python -m harness.cell.process``) writes ``cells/<cell-file>.json`` and its output goes to
 ``logs/<cell-file>.log``. A cell that fails, crashes or is killed (e.g. out of memory) is
 recorded as ``failed`` with its error, and the run goes on.
 
@@ -30,7 +30,7 @@ A run id names a run folder of ours or a new one: an existing folder without ``r
 folders (:data:`harness.runfolder.RESERVED_RUN_IDS`) are refused before anything is
 written (:func:`harness.runfolder.check_ours`).
 
-Faults: one process writes to a run folder at a time (:mod:`harness.runlock`; a second
+Faults: one process writes to a run folder at a time (:mod:`harness.run.lock`; a second
 writer is refused naming the holder's pid). SIGINT/SIGTERM stop every running cell's
 process (terminate, then kill; on Dask, the tasks are cancelled and each worker stops its
 cell), record nothing for them and end in :class:`~harness.errors.RunStopped` (130/143),
@@ -54,7 +54,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from harness import env, paths, results, runfolder, runlock
+from harness import env, paths, results, runfolder
 from harness.backend import BACKENDS
 from harness.errors import (
     EXIT_BAD_INPUT,
@@ -66,10 +66,11 @@ from harness.errors import (
     Terminated,
 )
 from harness.executors.base import Executor
-from harness.executors.record import CellOutcome, Recorder
-from harness.executors.shard import Shard
 from harness.matrix import CellSpec, Matrix
-from harness.progress import RunProgress
+from harness.run import lock
+from harness.run.progress import RunProgress
+from harness.run.record import CellOutcome, Recorder
+from harness.run.shard import Shard
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,7 @@ def run_matrix(
     ``executor`` decides where the cell processes run (default: serially, here);
     ``shard`` keeps a stable 1/n of the cells. The executor is opened first (a cluster
     that does not answer is an input error before anything is written), then the
-    pre-flight (:mod:`harness.preflight`) checks every cell still to run and prepares
+    pre-flight (:mod:`harness.run.preflight`) checks every cell still to run and prepares
     their data once, here; on a problem nothing starts and no run folder is created,
     unless ``skip_unavailable`` records those cells as skipped.
     """
@@ -163,8 +164,8 @@ def run_matrix(
     run_dir = runs_dir / run_id
     runfolder.check_ours(run_dir)
     done = runfolder.finished_cells(run_dir, [c.cell_id for c in chosen]) if resume else set()
-    from harness import preflight
     from harness.executors.serial import SerialExecutor
+    from harness.run import preflight
 
     ex = executor or SerialExecutor()
     ex.open()
@@ -176,7 +177,7 @@ def run_matrix(
             allow_unpinned=allow_unpinned,
             skip_unavailable=skip_unavailable,
         )
-        with runlock.hold(run_dir), _stops_resumably(run_id, run_dir):
+        with lock.hold(run_dir), _stops_resumably(run_id, run_dir):
             return _run_started(
                 matrix, chosen, run_dir, run_id, pre, done, t0, resume=resume, backend=backend,
                 dry_run=dry_run, allow_unpinned=allow_unpinned, progress=progress,

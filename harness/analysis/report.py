@@ -1,7 +1,7 @@
 """``report.md`` for a run: the results matrix, findings, baseline verdicts, environment, plots.
 
 Tables are GitHub-flavoured markdown rendered with tabulate; figures are PNGs from
-:mod:`harness.plots` in ``plots/`` beside the markdown. Default location:
+:mod:`harness.analysis.plots` in ``plots/`` beside the markdown. Default location:
 ``<run>/report/report.md``. Every file is written atomically.
 """
 
@@ -14,9 +14,10 @@ from typing import Any
 
 from tabulate import tabulate
 
-from harness import crossbackend, plots, runfolder
-from harness import findings as findings_mod
-from harness.compare import (
+from harness import runfolder
+from harness.analysis import crossbackend, plots
+from harness.analysis import findings as findings_mod
+from harness.analysis.compare import (
     DEFAULT_TOLERANCES,
     TABLE_HEADERS,
     Comparison,
@@ -222,8 +223,8 @@ def _findings_section(f: findings_mod.Findings) -> list[str]:
         f'Computed from this run\'s numbers; "competitive" means within {f.tolerance_points:g} '
         "accuracy points (the profile's tolerance). Strategy accuracy is the mean over its ok "
         "cells (seeds × precisions). A cell *did not learn* when its best validation accuracy "
-        "is within noise of chance (binomial test, see `harness/findings.py`); a strategy with "
-        "such a cell is not ranked, so no winner is declared over it."
+        "is within noise of chance (binomial test, see `harness/analysis/findings.py`); a "
+        "strategy with such a cell is not ranked, so no winner is declared over it."
     )
     out.append("")
     for d in f.datasets:
@@ -322,7 +323,7 @@ def _baseline_section(comparison: Comparison | None, profile: str, plot: str | N
 def _backends_section(
     cells: list[CellResult], comparison: Comparison | None, info: RunInfo
 ) -> list[str]:
-    """Backends side by side (harness.crossbackend): this run's backends, or this run
+    """Backends side by side (harness.analysis.crossbackend): this run's backends, or this run
     beside the run or baseline it was compared with; nothing when there is no pair."""
     pairs = comparison.backends if comparison is not None else ()
     pairs = pairs or crossbackend.within_run(cells)

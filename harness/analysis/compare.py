@@ -1,14 +1,14 @@
 """Compare a run with a baseline: per-cell verdicts in two tiers, matrix-wide checks, exit code.
 
 **Exact tier.** Where the run's reproducibility key is the baseline's
-(:mod:`harness.reprokey`: machine type, lock, backend and its version, thread rule) and a
+(:mod:`harness.analysis.reprokey`: machine type, lock, backend and its version, thread rule) and a
 cell's config, op determinism and intra-op threads match too, the cell must reproduce its
 baseline bit for bit: history, summary accuracies and weights digest. Any difference is
 the verdict ``changed`` (the gate fails), naming the first epoch and metric that diverged
-(:mod:`harness.exact`); a cell that reproduced is ``identical``.
+(:mod:`harness.analysis.exact`); a cell that reproduced is ``identical``.
 
 **Statistical tier.** Elsewhere, accuracy and throughput are judged against allowances
-calibrated by measured noise (:mod:`harness.noise`): accuracy by a quasi-binomial model
+calibrated by measured noise (:mod:`harness.analysis.noise`): accuracy by a quasi-binomial model
 fitted to the baseline's noise seeds, throughput by the spread between processes in the
 baseline's repeats and this key's history. Each limit states the false-alarm rate it
 implies; the rates are split over every test of the comparison (Bonferroni) so the run's
@@ -44,8 +44,9 @@ from typing import Any
 
 from tabulate import tabulate
 
-from harness import crossbackend, env, exact, jsonio, noise, reprokey
-from harness.baseline import Baseline
+from harness import env, jsonio
+from harness.analysis import crossbackend, exact, noise, reprokey
+from harness.analysis.baseline import Baseline
 from harness.errors import EXIT_FAILURE, EXIT_NOT_COMPARED, EXIT_OK
 from harness.results import CellResult, RunInfo, Throughput
 
@@ -180,7 +181,7 @@ class Comparison:
     # What differs in what decides reproducibility (lock, packages the cells import, numpy
     # SIMD/BLAS, CPU numerics flags, threads, dirty checkout), in words.
     reproducibility_differences: tuple[str, ...] = field(default=())
-    # Backends side by side (harness.crossbackend): against a run folder as the baseline,
+    # Backends side by side (harness.analysis.crossbackend): against a run folder as the baseline,
     # or between the backends of a run that has several.
     backends: tuple[crossbackend.Pair, ...] = field(default=())
     tier: str = STATISTICAL  # EXACT when the run key is the baseline's

@@ -1,7 +1,7 @@
 """The statistical tier: allowances calibrated by measured noise, and their false-alarm rates.
 
 Where a run cannot be held to bit-identity with its baseline (another machine type, lock,
-backend or thread setting: :mod:`harness.reprokey`), a change is flagged only when it is
+backend or thread setting: :mod:`harness.analysis.reprokey`), a change is flagged only when it is
 larger than noise could make it at a stated false-alarm rate. Pure functions over plain
 numbers: no files, no Keras.
 
