@@ -608,27 +608,13 @@ def _compare_one(cid: str, plan: _Plan, ctx: _Context) -> CellComparison:
 
 
 def _judge(cid: str, plan: _Plan, ctx: _Context) -> CellComparison:
+    """A cell's verdict: why it cannot be compared (:func:`_unjudged`), else from its
+    metrics, in its tier (exact: bit for bit; statistical: against the noise)."""
     run_cell, base_cell = plan.run.get(cid), plan.base.get(cid)
-    if run_cell is None:
-        return CellComparison(cid, MISSING, reason="in the baseline, not in the run")
-    if not run_cell.ok:
-        error = (run_cell.error or "no error recorded").splitlines()[0][:160]
-        if run_cell.status == "failed":
-            return CellComparison(cid, FAILED, reason=error)
-        # e.g. "skipped": a precision the device lacks; nothing ran, nothing broke
-        return CellComparison(cid, NOT_COMPARABLE, reason=f"{run_cell.status}: {error}")
-    if base_cell is None:
-        return CellComparison(cid, NEW, reason="not in the baseline")
-    if not base_cell.ok:
-        return CellComparison(cid, NOT_COMPARABLE, reason=f"{base_cell.status} in the baseline")
-    diffs = config_differences(base_cell.config, run_cell.config)
-    if diffs:
-        shown = ", ".join(
-            f"{k} {_short(flatten(base_cell.config).get(k))} -> "
-            f"{_short(flatten(run_cell.config).get(k))}"
-            for k in diffs[:4]
-        ) + (f" (+{len(diffs) - 4} more)" if len(diffs) > 4 else "")
-        return CellComparison(cid, NOT_COMPARABLE, reason=f"config differs: {shown}")
+    unjudged = _unjudged(cid, run_cell, base_cell)
+    if unjudged is not None:
+        return unjudged
+    assert run_cell is not None and base_cell is not None
     problem = plan.exact_problem.get(cid)
     reasons: list[str] = []
     if problem is None:
@@ -674,6 +660,34 @@ def _judge(cid: str, plan: _Plan, ctx: _Context) -> CellComparison:
         tier,
         div_text,
     )
+
+
+def _unjudged(
+    cid: str, run_cell: CellResult | None, base_cell: CellResult | None
+) -> CellComparison | None:
+    """The verdict of a cell that has nothing to compare (missing, failed, new, a config
+    that differs), or None when both sides ran the same config."""
+    if run_cell is None:
+        return CellComparison(cid, MISSING, reason="in the baseline, not in the run")
+    if not run_cell.ok:
+        error = (run_cell.error or "no error recorded").splitlines()[0][:160]
+        if run_cell.status == "failed":
+            return CellComparison(cid, FAILED, reason=error)
+        # e.g. "skipped": a precision the device lacks; nothing ran, nothing broke
+        return CellComparison(cid, NOT_COMPARABLE, reason=f"{run_cell.status}: {error}")
+    if base_cell is None:
+        return CellComparison(cid, NEW, reason="not in the baseline")
+    if not base_cell.ok:
+        return CellComparison(cid, NOT_COMPARABLE, reason=f"{base_cell.status} in the baseline")
+    diffs = config_differences(base_cell.config, run_cell.config)
+    if diffs:
+        shown = ", ".join(
+            f"{k} {_short(flatten(base_cell.config).get(k))} -> "
+            f"{_short(flatten(run_cell.config).get(k))}"
+            for k in diffs[:4]
+        ) + (f" (+{len(diffs) - 4} more)" if len(diffs) > 4 else "")
+        return CellComparison(cid, NOT_COMPARABLE, reason=f"config differs: {shown}")
+    return None
 
 
 def _exact_metrics(base: CellResult, run: CellResult) -> list[MetricDelta]:

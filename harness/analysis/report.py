@@ -364,12 +364,31 @@ def render_markdown(
     comparison: Comparison | None,
     plot_paths: dict[str, str],
 ) -> str:
-    """The whole report as markdown text (pure; ``plot_paths`` are relative links)."""
+    """The whole report as markdown text (pure; ``plot_paths`` are relative links), one
+    section after another."""
+    lines = _header_section(info, cells, comparison)
+    lines += _matrix_section(info, cells)
+    lines += _backends_section(cells, comparison, info)
+    lines += _findings_section(found)
+    lines += _baseline_section(comparison, info.profile, plot_paths.get("baseline"))
+    lines += _figures_section(plot_paths)
+    lines += ["## Environment", ""]
+    lines += [
+        tabulate(environment_rows(info.environment), headers=["key", "value"], tablefmt="github"),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _header_section(
+    info: RunInfo, cells: list[CellResult], comparison: Comparison | None
+) -> list[str]:
+    """The title, the run's provenance, its cell counts and the baseline verdict."""
     ok = sum(1 for c in cells if c.ok)
     failed = [c.cell_id for c in cells if c.status == "failed"]
     skipped = [c.cell_id for c in cells if not c.ok and c.status != "failed"]
     planned_missing = sorted(set(info.cell_ids) - {c.cell_id for c in cells})
-    lines = [
+    return [
         f"# transfer-bench report: run `{info.run_id}`",
         "",
         f"Profile `{info.profile}`; started {info.started_at}, finished {info.finished_at or '—'}; "
@@ -388,6 +407,15 @@ def render_markdown(
         ),
         *(_nothing_measured(cells) if not ok else []),
         "",
+    ]
+
+
+def _matrix_section(info: RunInfo, cells: list[CellResult]) -> list[str]:
+    """The results matrix as the experiment's table, then every cell, and what did not run."""
+    failed = [c.cell_id for c in cells if c.status == "failed"]
+    skipped = [c.cell_id for c in cells if not c.ok and c.status != "failed"]
+    planned_missing = sorted(set(info.cell_ids) - {c.cell_id for c in cells})
+    lines = [
         "## Results matrix",
         "",
         "Best train / validation accuracy (%) per dataset and strategy, as in the experiment's "
@@ -417,10 +445,12 @@ def render_markdown(
         lines += [f"Skipped cells: {', '.join(skipped)}.", ""]
     if planned_missing:
         lines += [f"Planned but without a result: {', '.join(planned_missing)}.", ""]
-    lines += _backends_section(cells, comparison, info)
-    lines += _findings_section(found)
-    lines += _baseline_section(comparison, info.profile, plot_paths.get("baseline"))
-    lines += ["## Figures", ""]
+    return lines
+
+
+def _figures_section(plot_paths: dict[str, str]) -> list[str]:
+    """Links to the plots: learning curves per dataset, accuracy vs throughput, throughput."""
+    lines = ["## Figures", ""]
     for key, rel in plot_paths.items():
         if key.startswith("curves:"):
             lines += [
@@ -443,12 +473,7 @@ def render_markdown(
             f"![throughput per cell]({plot_paths['throughput']})",
             "",
         ]
-    lines += ["## Environment", ""]
-    lines += [
-        tabulate(environment_rows(info.environment), headers=["key", "value"], tablefmt="github"),
-        "",
-    ]
-    return "\n".join(lines)
+    return lines
 
 
 def _load_manifest() -> Any | None:
