@@ -2,7 +2,7 @@
 
 They construct :class:`CellResult` / :class:`RunInfo` records (step-time series with a
 chosen relative noise, plausible learning curves) and write them with
-:mod:`harness.results`, exactly as the runner does.
+:mod:`harness.runfolder`, exactly as the runner does.
 """
 
 from __future__ import annotations

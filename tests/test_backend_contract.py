@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tinymatrix
 
 from harness import backend, runfolder
 
@@ -115,32 +116,7 @@ def test_peak_memory_says_what_it_is(name: str) -> None:
         assert "host max rss" in mem["kind"] and "no device memory stats" in mem["kind"]
 
 
-TINY = """
-[tolerances]
-accuracy_points = 5.0
-throughput_relative = 0.5
-[defaults]
-image_size = 32
-alpha = 0.35
-weights = "none"
-batch_size = 8
-steps_per_epoch = 3
-epochs = 3
-head_epochs = 1
-dense_units = 16
-augmentation = "flip"
-warmup_steps = 1
-inference_batch = 8
-inference_steps = 2
-inference_warmup = 1
-input = "synthetic"
-num_classes = 3
-[[cells]]
-datasets = ["tiny"]
-strategies = ["two-stage"]
-precisions = ["float32"]
-seeds = [0, 1]
-"""
+TWO_STAGE = {"epochs": 3, "head_epochs": 1, "dense_units": 16, **tinymatrix.SYNTHETIC}
 
 
 @pytest.mark.slow
@@ -148,8 +124,11 @@ def test_same_seed_is_bit_identical_on_every_backend(
     tmp_path: Path, run_bench: Callable[..., subprocess.CompletedProcess[str]]
 ) -> None:
     installed = [b for b in BACKENDS if _skip_reason(b) is None]
-    profile = tmp_path / "tiny.toml"
-    profile.write_text(TINY + f"backends = {json.dumps(installed)}\n")
+    profile = tinymatrix.write(
+        tmp_path,
+        tinymatrix.group("tiny", "two-stage", seeds=[0, 1], backends=installed),
+        **TWO_STAGE,
+    )
     runs = {}
     for run_id in ("a", "b"):
         proc = run_bench(

@@ -17,6 +17,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import tinymatrix
 from data_fixtures import (
     DS_STORE,
     apple_double,
@@ -34,27 +35,13 @@ from harness.manifest import LocalSource, load_manifest
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = [sys.executable, "-m", "harness.cli"]
-PROFILE = """
-[tolerances]
-accuracy_points = 100.0
-throughput_relative = 0.9
-[defaults]
-image_size = 32
-alpha = 0.35
-weights = "none"
-batch_size = 8
-epochs = 1
-augmentation = "none"
-warmup_steps = 1
-inference_batch = 8
-inference_steps = 2
-inference_warmup = 1
-[[cells]]
-datasets = ["pets", "birds"]
-strategies = ["scratch"]
-precisions = ["float32"]
-seeds = [0]
-"""
+PROFILE = tinymatrix.toml(
+    tinymatrix.group(["pets", "birds"], "scratch"),
+    tolerances={"accuracy_points": 100.0, "throughput_relative": 0.9},
+    drop=("steps_per_epoch",),
+    epochs=1,
+    augmentation="none",
+)
 
 
 @pytest.fixture

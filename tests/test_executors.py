@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import runkit
+import tinymatrix
 from conftest import BENCH, REPO
 
 from harness import runfolder
@@ -31,29 +32,15 @@ from harness.results import CellResult
 from harness.run.repeats import combine
 from harness.run.shard import parse_shard, shard_of
 
-PROFILE = """
-[tolerances]
-accuracy_points = 5.0
-throughput_relative = 0.5
-[defaults]
-image_size = 32
-alpha = 0.35
-weights = "none"
-batch_size = 8
-steps_per_epoch = 2
-epochs = 1
-warmup_steps = 0
-inference_batch = 8
-inference_steps = 2
-inference_warmup = 1
-input = "synthetic"
-num_classes = 3
-[[cells]]
-datasets = ["tiny"]
-strategies = ["linear-probe"]
-precisions = ["float32"]
-seeds = [0, 1, 2, 3]
-"""
+LINEAR_PROBE = tinymatrix.group("tiny", "linear-probe", seeds=[0, 1, 2, 3])
+SMALL = {  # a cell as small as a cell gets: linear-probe, one epoch of 2 steps
+    "drop": ("augmentation",),
+    "steps_per_epoch": 2,
+    "epochs": 1,
+    "warmup_steps": 0,
+    **tinymatrix.SYNTHETIC,
+}
+PROFILE = tinymatrix.toml(LINEAR_PROBE, **SMALL)
 CELLS = [f"tiny/linear-probe-random/float32/s{s}" for s in range(4)]
 
 
@@ -349,10 +336,10 @@ def test_repeats_field_is_validated(tmp_path: Path) -> None:
     from harness.matrix import load_matrix
 
     path = tmp_path / "r.toml"
-    path.write_text(PROFILE + "repeats = 3\n")
+    path.write_text(tinymatrix.toml({**LINEAR_PROBE, "repeats": 3}, **SMALL))
     assert {c.repeats for c in load_matrix(str(path)).cells} == {3}
     assert "repeats" in load_matrix(str(path)).cells[0].to_dict()
-    path.write_text(PROFILE + "repeats = 0\n")
+    path.write_text(tinymatrix.toml({**LINEAR_PROBE, "repeats": 0}, **SMALL))
     with pytest.raises(InputError, match="repeats"):
         load_matrix(str(path))
     path.write_text(PROFILE)

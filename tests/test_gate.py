@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import tinymatrix
 from conftest import BENCH, REPO
 
 from harness import runfolder
@@ -26,31 +27,19 @@ from harness.analysis import baseline, noise, reprokey
 from harness.errors import InputError
 from harness.perf import inject
 
-TINY = """
-[tolerances]
-accuracy_points = 1.0
-throughput_relative = 0.3
-[baseline]
-noise_seeds = 2
-repeats = 3
-[defaults]
-image_size = 32
-alpha = 0.35
-weights = "mnv2-synth-a035-32"
-batch_size = 32
-epochs = 1
-augmentation = "flip"
-target_accuracy = 0.6
-warmup_steps = 3
-inference_batch = 32
-inference_steps = 5
-inference_warmup = 1
-[[cells]]
-datasets = ["synth-xray"]
-strategies = ["fine-tune", "full-fine-tune"]
-precisions = ["float32"]
-seeds = [0]
-"""
+TINY = tinymatrix.toml(
+    tinymatrix.group("synth-xray", ["fine-tune", "full-fine-tune"]),
+    tolerances={"accuracy_points": 1.0, "throughput_relative": 0.3},
+    baseline={"noise_seeds": 2, "repeats": 3},
+    drop=("steps_per_epoch",),  # real data: its own steps
+    weights="mnv2-synth-a035-32",
+    batch_size=32,
+    epochs=1,
+    target_accuracy=0.6,
+    warmup_steps=3,
+    inference_batch=32,
+    inference_steps=5,
+)
 CELLS = ("synth-xray/fine-tune/float32/s0", "synth-xray/full-fine-tune/float32/s0")
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tinymatrix
 
 from harness.cell import streaming
 from harness.datasets import cache
@@ -252,33 +253,18 @@ def test_peak_memory_does_not_grow_with_the_dataset(data_dir: Path) -> None:
 
 # --- on the runner's path ------------------------------------------------------------------
 
-CELL_TOML = """\
-[profile]
-description = "test_streaming: one small real-data cell"
-
-[tolerances]
-accuracy_points = 100.0
-throughput_relative = 0.9
-
-[defaults]
-image_size = 32
-alpha = 0.35
-weights = "none"
-batch_size = 64
-epochs = 1
-augmentation = "none"
-dense_units = 0
-warmup_steps = 2
-inference_batch = 16
-inference_steps = 2
-inference_warmup = 1
-
-[[cells]]
-datasets = ["synth-xray"]
-strategies = ["feature-extract", "linear-probe"]
-precisions = ["float32"]
-seeds = [0]
-"""
+CELL_TOML = tinymatrix.toml(
+    tinymatrix.group("synth-xray", ["feature-extract", "linear-probe"]),
+    description="test_streaming: one small real-data cell",
+    tolerances={"accuracy_points": 100.0, "throughput_relative": 0.9},
+    drop=("steps_per_epoch",),
+    batch_size=64,
+    epochs=1,
+    augmentation="none",
+    dense_units=0,
+    warmup_steps=2,
+    inference_batch=16,
+)
 
 
 @pytest.mark.slow
