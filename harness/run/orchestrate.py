@@ -4,7 +4,8 @@
 run starts and again, with ``finished_at``, when it ends; each cell's process
 (``python -m harness.cell.process``) writes ``cells/<cell-file>.json`` and its output goes to
 ``logs/<cell-file>.log``. A cell that fails, crashes or is killed (e.g. out of memory) is
-recorded as ``failed`` with its error, and the run goes on.
+recorded as ``failed`` with its error, and the run goes on. Every name in the run folder,
+and every record read or written there, is :mod:`harness.runfolder`'s.
 
 Where the cell processes run is the executor's business (:mod:`harness.executors`:
 serial, ``--jobs``/``--devices`` on this machine, a Dask cluster; ``--shard i/n`` picks a
