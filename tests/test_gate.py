@@ -124,6 +124,14 @@ def test_record_keeps_noise_seeds_repeats_and_the_thread_rule(recorded: Path, ho
 
 
 @pytest.mark.slow
+def test_the_recorded_run_passes_its_own_baseline(recorded: Path, home: Path, bench) -> None:
+    """Its noise-seed cells are calibration, not cells of the matrix: not judged, not new."""
+    proc = bench("compare", str(home / "runs" / "rec"), "--json")
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert _verdicts(proc.stdout) == {cid: "identical" for cid in CELLS}
+
+
+@pytest.mark.slow
 def test_identical_rerun_is_identical_and_no_improvement(recorded, home, bench) -> None:
     run = _all(bench, home, "rerun")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
