@@ -11,8 +11,8 @@ The rule (:data:`RULE`), measured on the project's 2-core Intel Xeon CI machine 
   pools, which oneDNN and numpy use) split one op across cores. They pay off only when an
   op is big enough: a training step of MobileNetV2 at 32 and 64 px, alpha 0.35, batch 32
   ran 1.1-1.6x *faster* on one thread than on two, at 96 px it was even, at 128 px two
-  threads won by 18-20 %, at 224 px (alpha 1.0) by 1.4-1.7x. So the count is the step's work (forward
-  multiply-accumulates of a batch, :func:`step_macs`: 0.15 GMAC at 64 px, 0.62 at 128)
+  threads won by 18-20 %, at 224 px (alpha 1.0) by 1.4-1.7x. So the count is the step's
+  work (forward multiply-accumulates of a batch, :func:`step_macs`: 0.15 GMAC at 64 px, 0.62 at 128)
   over :data:`MACS_PER_THREAD`, at least 1, at most the cores the process may use. On a
   many-core machine the same rule gives a 224 px, alpha 1.0, batch 64 cell 64 threads'
   worth of work, so it uses every core it has, as TensorFlow's own guidance (intra-op =
