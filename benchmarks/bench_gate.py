@@ -253,12 +253,12 @@ def main() -> int:
     try:
         if "d" in parts:  # first: identical code builds this key's history, as nights do
             summary["d_identical_reruns"] = part_d(runs, args.reruns)
+        if "c" in parts:  # next: timing, while the machine is as idle as for d
+            summary["c_slowdowns"] = part_c(runs, work, args.ab_rounds)
         if "a" in parts:
             summary["a_numerics_bug"] = part_a(runs, work)
         if "b" in parts:
             summary["b_accuracy_drop_other_key"] = part_b(runs)
-        if "c" in parts:
-            summary["c_slowdowns"] = part_c(runs, work, args.ab_rounds)
     finally:
         summary["wall_s"] = time.perf_counter() - t0
         text = json.dumps(summary, indent=2, sort_keys=True) + "\n"

@@ -10,19 +10,22 @@ The rule (:data:`RULE`), measured on the project's 2-core Intel Xeon CI machine 
 * **intra-op threads** (TensorFlow's ``TF_NUM_INTRAOP_THREADS``, and the OpenMP/MKL/OpenBLAS
   pools, which oneDNN and numpy use) split one op across cores. They pay off only when an
   op is big enough: a training step of MobileNetV2 at 32 and 64 px, alpha 0.35, batch 32
-  ran 1.2-1.9x *faster* on one thread than on two, at 128 px two threads won by 10-20 %,
-  at 224 px (alpha 1.0) by 1.6-1.8x. So the count is the step's work (forward
-  multiply-accumulates of a batch, :func:`step_macs`: 0.15 GMAC at 64 px, 0.62 at 128)
+  ran 1.1-1.6x *faster* on one thread than on two, at 96 px it was even, at 128 px two
+  threads won by 18-20 %, at 224 px (alpha 1.0) by 1.4-1.7x. So the count is the step's
+  work (forward multiply-accumulates of a batch, :func:`step_macs`: 0.15 GMAC at 64 px, 0.62 at 128)
   over :data:`MACS_PER_THREAD`, at least 1, at most the cores the process may use. On a
   many-core machine the same rule gives a 224 px, alpha 1.0, batch 64 cell 64 threads'
   worth of work, so it uses every core it has, as TensorFlow's own guidance (intra-op =
   physical cores for large models) would.
   Intra-op threads change the order of floating-point sums, so they change the last bits
   of every result: they are part of the reproducibility key.
-* **inter-op threads** (``TF_NUM_INTEROP_THREADS``) run independent ops side by side
-  (optimizer updates of different variables, augmentation); they change no op's
-  arithmetic (measured: identical weights digests at 1 and 2), so they are set to the
-  usable cores and recorded, not keyed.
+* **inter-op threads** (``TF_NUM_INTEROP_THREADS``) run independent ops side by side. They
+  break op determinism: a 128 px full-fine-tune cell with one intra-op thread gave the
+  same weights digest twice with one inter-op thread and two different digests in two
+  runs with two (measured; at 32 px the digests happened to agree). So a deterministic
+  cell gets one inter-op thread (on the 32 px smoke cells two were 0-11 % faster, not
+  more), a cell with ``deterministic = false`` gets the usable cores; both are recorded
+  and keyed.
 * A cell on a GPU leaves the host pools at the framework's defaults: the device does the
   work, the host threads only feed it.
 * Any thread variable already set in the environment wins (``source: environment``), so
@@ -139,6 +142,7 @@ def plan(
     image_size: int,
     alpha: float,
     batch_size: int,
+    deterministic: bool = True,
     cores: int | None = None,
     environ: Mapping[str, str] | None = None,
     gpu: bool | None = None,
@@ -160,11 +164,13 @@ def plan(
     work = step_macs(image_size, alpha, batch_size)
     wanted = max(1, math.floor(work / MACS_PER_THREAD))
     intra = min(cores, wanted)
+    inter = 1 if deterministic else cores
     reason = (
         f"{work / 1e9:.2f} GMAC per step / {MACS_PER_THREAD / 1e9:g} GMAC per thread "
-        f"-> {wanted}, on {cores} usable core(s)"
+        f"-> {wanted}, on {cores} usable core(s); inter-op "
+        + ("1 (deterministic)" if deterministic else f"{cores} (not deterministic)")
     )
-    return ThreadPlan(intra, cores, cores, "rule", reason)
+    return ThreadPlan(intra, inter, cores, "rule", reason)
 
 
 def _int(text: str | None) -> int | None:

@@ -114,6 +114,14 @@ def test_record_keeps_noise_seeds_repeats_and_the_thread_rule(recorded: Path, ho
 
 
 @pytest.mark.slow
+def test_the_recorded_run_passes_its_own_baseline(recorded: Path, home: Path, bench) -> None:
+    """Its noise-seed cells are calibration, not cells of the matrix: not judged, not new."""
+    proc = bench("compare", str(home / "runs" / "rec"), "--json")
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert _verdicts(proc.stdout) == {cid: "identical" for cid in CELLS}
+
+
+@pytest.mark.slow
 def test_identical_rerun_is_identical_and_no_improvement(recorded, home, bench) -> None:
     run = _all(bench, home, "rerun")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
@@ -277,7 +285,14 @@ def test_thread_rule_is_measured_work_over_cores() -> None:
     from harness import threads
 
     small = threads.plan(image_size=32, alpha=0.35, batch_size=32, cores=16, environ={}, gpu=False)
-    assert small.intra_op == 1 and small.source == "rule" and small.inter_op == 16
+    # one inter-op thread keeps a deterministic cell deterministic; without determinism,
+    # inter-op threads use the cores
+    assert small.intra_op == 1 and small.source == "rule" and small.inter_op == 1
+    free = threads.plan(
+        image_size=32, alpha=0.35, batch_size=32, deterministic=False, cores=16, environ={},
+        gpu=False,
+    )  # fmt: skip
+    assert free.intra_op == 1 and free.inter_op == 16
     big = threads.plan(image_size=224, alpha=1.0, batch_size=64, cores=16, environ={}, gpu=False)
     assert big.intra_op == min(16, math.floor(300e6 * 64 / threads.MACS_PER_THREAD))
     capped = threads.plan(image_size=224, alpha=1.0, batch_size=64, cores=2, environ={}, gpu=False)

@@ -48,7 +48,7 @@ def user(tmp_path: Path) -> dict[str, Path]:
     manifest = home / "manifest.json"
     shutil.copy(REPO / "data" / "manifest.json", manifest)
     baseline = home / "smoke.json"
-    shutil.copy(REPO / "reports" / "baselines" / "smoke.json", baseline)
+    shutil.copy(REPO / "tests" / "recorded" / "baseline-schema1-smoke.json", baseline)
     db = home / "notes.sqlite"
     conn = sqlite3.connect(db)
     conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT)")

@@ -113,7 +113,10 @@ def test_a_run_id_naming_a_folder_that_is_not_a_run_is_refused(run_bench, tmp_pa
     """``--runs-dir reports --run-id baselines`` would write a run into the baselines."""
     reports = tmp_path / "reports"
     (reports / "baselines").mkdir(parents=True)
-    shutil.copy(REPO / "reports" / "baselines" / "smoke.json", reports / "baselines")
+    shutil.copy(
+        REPO / "tests" / "recorded" / "baseline-schema1-smoke.json",
+        reports / "baselines" / "smoke.json",
+    )
     before = snapshot(reports)
     proc = run_bench(*dry(reports, "baselines"), timeout=300)
     assert proc.returncode == 2, (proc.stdout, proc.stderr)

@@ -46,7 +46,7 @@ from tabulate import tabulate
 
 from harness import env, jsonio
 from harness.analysis import crossbackend, exact, noise, reprokey
-from harness.analysis.baseline import Baseline
+from harness.analysis.baseline import Baseline, noise_cell_ids
 from harness.errors import EXIT_FAILURE, EXIT_NOT_COMPARED, EXIT_OK
 from harness.results import CellResult, RunInfo, Throughput
 
@@ -440,6 +440,10 @@ def compare_cells(
     ``accuracy_only``: show throughput, gate nothing on it (runs measured under load).
     """
     tol = effective_tolerances(info, base)
+    # A run made by `bench baseline record` also holds its noise-seed cells: calibration,
+    # not cells of the matrix, so not judged (nor counted as "new").
+    noise_ids = noise_cell_ids(info)
+    cells = [c for c in cells if c.cell_id not in noise_ids]
     run_key = reprokey.run_key(info.environment)
     if exact_key is None:
         exact_key = reprokey.key_id(run_key) == base.key_id and reprokey.complete(run_key)

@@ -11,8 +11,8 @@ falls back to allowances calibrated by measured noise (the *statistical tier*).
   kernels, the lock digest, and the thread policy (:mod:`harness.threads`: its rule and
   any override set in the environment). Baselines are stored one per run key.
 * A **cell** additionally needs the same resolved config (:func:`config_differences`),
-  op determinism on both sides, and the same intra-op thread count (:func:`cell_threads`;
-  inter-op threads change no op's arithmetic and are not keyed).
+  op determinism on both sides, and the same intra- and inter-op thread counts
+  (:func:`cell_threads`: both change the last bits of a result).
 
 What is deliberately *not* in the key: the git commit and the code (what the gate exists
 to judge), the installed extras beyond the lock's (another extra does not change
@@ -117,20 +117,23 @@ def config_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     return sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k))
 
 
-def cell_threads(cell: CellResult) -> int | str | None:
-    """The intra-op thread count a cell ran with: its recorded thread plan, else the
-    ``TF_NUM_INTRAOP_THREADS`` it saw ("default" when unset), None when not recorded."""
+def cell_threads(cell: CellResult) -> str | None:
+    """The intra-/inter-op thread counts a cell ran with, as ``"intra 1, inter 1"``: its
+    recorded thread plan, else the ``TF_NUM_*_THREADS`` it saw ("default" when unset);
+    None when not recorded."""
     placement = cell.extra.get("placement") if isinstance(cell.extra, dict) else None
     if not isinstance(placement, dict):
         return None
     plan = placement.get("thread_plan")
     if isinstance(plan, dict) and "intra_op" in plan:
-        return plan["intra_op"] if plan["intra_op"] is not None else "default"
-    seen = placement.get("threads")
-    if isinstance(seen, dict):
-        value = seen.get("TF_NUM_INTRAOP_THREADS")
-        return value if value is not None else "default"
-    return None
+        intra, inter = plan.get("intra_op"), plan.get("inter_op")
+    else:
+        seen = placement.get("threads")
+        if not isinstance(seen, dict):
+            return None
+        intra, inter = seen.get("TF_NUM_INTRAOP_THREADS"), seen.get("TF_NUM_INTEROP_THREADS")
+    shown = ["default" if v is None else str(v) for v in (intra, inter)]
+    return f"intra {shown[0]}, inter {shown[1]}"
 
 
 def cell_exact_problem(base: CellResult, run: CellResult) -> str | None:
@@ -141,5 +144,5 @@ def cell_exact_problem(base: CellResult, run: CellResult) -> str | None:
         return f"op determinism off in the {side}"
     tb, tr = cell_threads(base), cell_threads(run)
     if tb is None or tr is None or tb != tr:
-        return f"intra-op threads {_short(tb)} -> {_short(tr)}"
+        return f"threads {_short(tb)} -> {_short(tr)}"
     return None

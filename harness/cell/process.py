@@ -93,7 +93,12 @@ def plan_threads(cell: Any) -> Any:
     framework starts its pools; the plan is recorded in the result."""
     from harness import threads
 
-    chosen = threads.plan(image_size=cell.image_size, alpha=cell.alpha, batch_size=cell.batch_size)
+    chosen = threads.plan(
+        image_size=cell.image_size,
+        alpha=cell.alpha,
+        batch_size=cell.batch_size,
+        deterministic=cell.deterministic,
+    )
     threads.apply(chosen)
     return chosen
 
