@@ -8,12 +8,13 @@ the verdict ``changed`` (the gate fails), naming the first epoch and metric that
 (:mod:`harness.analysis.exact`); a cell that reproduced is ``identical``.
 
 **Statistical tier.** Elsewhere, accuracy and throughput are judged against allowances
-calibrated by measured noise (:mod:`harness.analysis.noise`): accuracy by a quasi-binomial model
-fitted to the baseline's noise seeds, throughput by the spread between processes in the
-baseline's repeats and this key's history. Each limit states the false-alarm rate it
-implies; the rates are split over every test of the comparison (Bonferroni) so the run's
-rate is the profile's ``false_alarm_rate``. A matrix-wide accuracy check (Stouffer's
-combined z over the statistical-tier cells) catches a small drop present in every cell.
+calibrated by measured noise (:mod:`harness.analysis.noise`): accuracy by a quasi-binomial
+model fitted to the baseline's noise seeds, throughput by the spread between processes in
+the baseline's repeats and between sessions in this key's history. Each limit states the
+false-alarm rate it implies; the rates are split over every test of the comparison
+(Bonferroni) so the run's rate is the profile's ``false_alarm_rate``. A matrix-wide
+accuracy check (Stouffer's combined z over the statistical-tier cells) catches a small
+drop present in every cell.
 Limits are symmetric: an improvement is as hard to earn as a regression.
 
 Throughput is gated only between runs with the same hardware identity
