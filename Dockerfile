@@ -107,7 +107,7 @@ ARG TF_EXTRA=cuda
 ARG GIT_COMMIT=""
 RUN BENCH_BUILD_BASE_IMAGE="$BASE_IMAGE" BENCH_BUILD_BASE_IMAGE_ID="$BASE_IMAGE_ID" \
     BENCH_BUILD_TF_EXTRA="$TF_EXTRA" BENCH_BUILD_GIT_COMMIT="$GIT_COMMIT" \
-    python -c "from harness.container import write_image_provenance as w; w()" \
+    python -c "from harness.provenance import write_image_provenance as w; w()" \
     && cat /etc/transfer-bench/image.json | head -n 20
 LABEL org.opencontainers.image.title="transfer-bench" \
       org.opencontainers.image.revision="${GIT_COMMIT}" \

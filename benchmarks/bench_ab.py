@@ -109,7 +109,8 @@ def analyse(
 _RECORD_ONE = r"""
 import json, time
 import keras, numpy as np
-from harness import backend, strategies
+from harness import backend
+from harness.cell import strategies
 from harness.matrix import CellSpec
 cell = CellSpec(dataset="tiny", strategy="full-fine-tune", precision="float32", seed=0,
     image_size=32, alpha=0.35, weights="none", batch_size=32, epochs=2, input="synthetic",

@@ -29,7 +29,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from harness import backend, results  # noqa: E402
+from harness import backend, runfolder  # noqa: E402
 
 PROFILE = """
 [profile]
@@ -81,7 +81,7 @@ def measure(name: str, workdir: Path) -> dict[str, Any]:
         raise RuntimeError(
             f"bench all on {name} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
         )
-    cells = {(c.strategy, c.precision): c for c in results.read_cells(workdir / name)}
+    cells = {(c.strategy, c.precision): c for c in runfolder.read_cells(workdir / name)}
     out: dict[str, Any] = {}
     for (strategy, precision), c in sorted(cells.items()):
         if precision != "mixed_bfloat16":

@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from harness import env as env_mod  # noqa: E402
-from harness import results  # noqa: E402
+from harness import runfolder  # noqa: E402
 from harness.perf import inject  # noqa: E402
 
 BENCH = [sys.executable, "-m", "harness.cli"]
@@ -125,9 +125,9 @@ def part_b(runs: Path) -> dict[str, Any]:
     shifted = runs / "b-other-key-minus3"
     if shifted.exists():
         shutil.rmtree(shifted)
-    info = results.read_run(src)
-    results.write_run(shifted, dataclasses.replace(info, run_id=shifted.name))
-    for c in results.read_cells(src):
+    info = runfolder.read_run(src)
+    runfolder.write_run(shifted, dataclasses.replace(info, run_id=shifted.name))
+    for c in runfolder.read_cells(src):
         if c.ok:
             test = None if c.test_accuracy is None else max(0.0, c.test_accuracy - 0.03)
             c = dataclasses.replace(
@@ -135,7 +135,7 @@ def part_b(runs: Path) -> dict[str, Any]:
                 best_val_accuracy=max(0.0, (c.best_val_accuracy or 0.0) - 0.03),
                 test_accuracy=test,
             )
-        results.write_cell(shifted, c)
+        runfolder.write_cell(shifted, c)
     minus3 = compare(shifted)
     return {
         "injected": "another key (TF_NUM_INTRAOP_THREADS=2); then 3 points off every cell's "

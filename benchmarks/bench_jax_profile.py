@@ -7,7 +7,7 @@ Run once per backend (the backend is fixed when Keras is imported)::
     KERAS_BACKEND=tensorflow .venv/bin/python benchmarks/bench_jax_profile.py
 
 The model is a smoke cell's (MobileNetV2 alpha 0.35, 32 px, batch 32, flip augmentation,
-random weights: speed does not depend on them), built by :mod:`harness.strategies`. For each
+random weights: speed does not depend on them), built by :mod:`harness.cell.strategies`. For each
 strategy it times, as medians over ``--steps`` calls after a warm-up, each call waited for:
 
 - ``step_ms``: the compiled training step as ``fit`` runs it (``jax.jit`` on JAX, the
@@ -45,7 +45,8 @@ os.environ.setdefault("JAX_ENABLE_COMPILATION_CACHE", "false")
 import keras
 import numpy as np
 
-from harness import backend, strategies, timing
+from harness import backend
+from harness.cell import strategies, timing
 from harness.matrix import CellSpec
 
 SIZE, BATCH, CLASSES = 32, 32, 5

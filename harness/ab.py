@@ -62,7 +62,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from harness import env, jsonio, paths, stats
+from harness import env, jsonio, paths, runfolder, stats
 from harness.errors import EXIT_FAILURE, EXIT_OK, BenchError, InputError
 
 AB_KIND = "transfer-bench.ab"
@@ -443,7 +443,7 @@ def run_cell_process(
             _end_group(proc)
             raise
     secs = time.perf_counter() - t0
-    cell_file = runs / run_id / "cells" / (cell_id.replace("/", "__") + ".json")
+    cell_file = runfolder.cell_path(runs / run_id, cell_id)
     try:
         data = json.loads(cell_file.read_text())
     except (OSError, ValueError):

@@ -1,7 +1,10 @@
 """``bench``: the one entry point (also the container's entrypoint).
 
 Each subcommand lives in its own module under :mod:`harness.commands` and exposes
-``register(subparsers)``, which adds its parser and sets ``func(args) -> int``.
+``register(subparsers)``, which adds its parser and sets ``func(args) -> int``; the
+options several commands share are declared once, in :mod:`harness.commands.options`.
+A command module imports what is heavy (TensorFlow, matplotlib) inside its functions,
+so that ``bench --help`` stays quick.
 Errors a user can cause are :class:`~harness.errors.BenchError`: printed as one line,
 exit code from the error, no traceback unless ``--debug`` (or ``BENCH_DEBUG=1``).
 
@@ -21,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import importlib
 import io
 import os
 import select
@@ -29,9 +31,25 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator, Sequence
+from types import ModuleType
 from typing import Any
 
 from harness import __version__, fsio
+from harness.commands import (
+    ab,
+    baseline,
+    compare,
+    dashboard,
+    data,
+    docker,
+    export,
+    history,
+    merge,
+    perf,
+    pretrain,
+    report,
+    run,
+)
 from harness.errors import (
     EXIT_BAD_INPUT,
     EXIT_BROKEN_PIPE,
@@ -46,21 +64,10 @@ from harness.errors import (
 )
 
 # One module per subcommand group, registered in this order (the order of --help).
-COMMAND_MODULES: tuple[str, ...] = (
-    "harness.commands.data",
-    "harness.commands.run",
-    "harness.commands.merge",
-    "harness.commands.compare",
-    "harness.commands.ab",
-    "harness.commands.perf",
-    "harness.commands.baseline",
-    "harness.commands.report",
-    "harness.commands.history",
-    "harness.commands.dashboard",
-    "harness.commands.export",
-    "harness.commands.pretrain",
-    "harness.commands.docker",
-)
+COMMANDS: tuple[ModuleType, ...] = (
+    data, run, merge, compare, ab, perf, baseline, report, history, dashboard, export,
+    pretrain, docker,
+)  # fmt: skip
 
 
 EXIT_CODES: tuple[tuple[int, str], ...] = (
@@ -114,8 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    for command in COMMANDS:
+        command.register(sub)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""The Docker side of the harness: build the image, run ``bench`` in it, image provenance.
+"""The Docker side of the harness: build the image, run ``bench`` in it.
 
 Builds go through the Docker SDK, which uses the engine's classic builder: no BuildKit
 secrets, so the host's CA bundle (needed by pip where HTTPS is intercepted) is copied into
@@ -14,19 +14,15 @@ caches), and ``data/`` (manifest, archives, prepared caches) mounted read-only, 
 that ``bench data prepare`` gets its ``prepared/`` and ``archives/`` (where extraction
 happens) writable. Only ``reports/`` is always writable.
 
-Provenance has two halves: the build half is baked into the image as
-``/etc/transfer-bench/image.json`` (base image, build args, pip freeze and its digest,
-harness version) and the run half is the image id, passed as ``BENCH_IMAGE_ID`` (and
-``BENCH_IMAGE_DIGEST`` when the image has a registry digest). :func:`container_fingerprint`
-joins them for the environment fingerprint of every run.
+The image's provenance (what the build bakes into it, what a run reads back) is
+:mod:`harness.provenance`'s; the run half, the image id, is passed here as
+``BENCH_IMAGE_ID`` (and ``BENCH_IMAGE_DIGEST`` when the image has a registry digest).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-import platform
 import shutil
 import sys
 import time
@@ -35,17 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from harness import __version__, fsio, paths
+from harness import fsio, paths
 from harness.env import git_commit
 from harness.errors import EXIT_BAD_INPUT, BenchError, InputError, RunFailure
-from harness.jsonio import read_json, write_json
 
 if TYPE_CHECKING:  # the SDK is imported lazily: `bench --help` should not pay for it
     import docker
-
-IMAGE_JSON = Path("/etc/transfer-bench/image.json")
-IMAGE_KIND = "transfer-bench.image"
-IMAGE_SCHEMA = 1
 
 DEFAULT_BASE_IMAGE = "transfer-bench-base:bookworm"
 IMAGE_REPOSITORY = "transfer-bench"
@@ -489,70 +480,3 @@ def _silence_broken_stdout(out: IO[bytes]) -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
-
-
-# --- provenance --------------------------------------------------------------------------
-
-
-def pip_freeze() -> list[str]:
-    """``name==version`` of every installed distribution, sorted: the image's exact package
-    set (read from the package metadata, so it works in venvs made without pip, e.g. by uv)."""
-    from harness.env import installed_distributions
-
-    return [f"{name}=={version}" for name, version in installed_distributions().items()]
-
-
-def write_image_provenance(
-    path: Path = IMAGE_JSON, environ: Mapping[str, str] | None = None
-) -> dict[str, Any]:
-    """Write the build half of the image's provenance (run at build time, in the image).
-
-    Build args come from ``BENCH_BUILD_*`` variables (set by the Dockerfile's last step).
-    """
-    env = os.environ if environ is None else environ
-    build_args = {
-        name: env.get(f"BENCH_BUILD_{name}") or None
-        for name in ("BASE_IMAGE", "BASE_IMAGE_ID", "TF_EXTRA", "GIT_COMMIT")
-    }
-    freeze = pip_freeze()
-    record = {
-        "harness_version": __version__,
-        "base_image": build_args["BASE_IMAGE"],
-        "base_image_id": build_args["BASE_IMAGE_ID"],
-        "tf_extra": build_args["TF_EXTRA"],
-        "git_commit": build_args["GIT_COMMIT"],
-        "python": platform.python_version(),
-        "pip_freeze": freeze,
-        "pip_freeze_sha256": hashlib.sha256(("\n".join(freeze) + "\n").encode()).hexdigest(),
-    }
-    write_json(path, record, kind=IMAGE_KIND, schema=IMAGE_SCHEMA)
-    Path(path).chmod(0o644)  # written as root at build time, read by whichever uid runs
-    return record
-
-
-def read_image_provenance(path: Path = IMAGE_JSON) -> dict[str, Any] | None:
-    """The build provenance baked into this image, or None outside a transfer-bench image."""
-    if not Path(path).is_file():
-        return None
-    return read_json(path, kind=IMAGE_KIND, schema=IMAGE_SCHEMA)
-
-
-def container_fingerprint(
-    environ: Mapping[str, str] | None = None, path: Path = IMAGE_JSON
-) -> dict[str, Any] | None:
-    """``{"image_id", "image_digest", "build"}`` for the environment fingerprint, or None.
-
-    None outside a transfer-bench image (no image.json), even when ``BENCH_IMAGE_ID`` is
-    exported on the host for compose: the host is not the image. ``build`` is the baked
-    provenance without the full package list (its digest stays).
-    """
-    env = os.environ if environ is None else environ
-    build = read_image_provenance(path)
-    if build is None:
-        return None
-    build = {k: v for k, v in build.items() if k not in ("pip_freeze", "kind", "schema")}
-    return {
-        "image_id": env.get("BENCH_IMAGE_ID") or None,
-        "image_digest": env.get("BENCH_IMAGE_DIGEST") or None,
-        "build": build,
-    }

@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harness import __version__, backend, cpuinfo, threads
+from harness import __version__, backend, cpuinfo, provenance, threads
 from harness.errors import BenchError
 
 # Tracked paths whose uncommitted changes make a commit id an incomplete description.
@@ -105,16 +105,6 @@ def lock_info() -> dict[str, Any]:
     return {"digest": None, "path": None}
 
 
-def installed_distributions() -> dict[str, str]:
-    """``{normalized name: version}`` of every distribution importlib.metadata can see."""
-    out: dict[str, str] = {}
-    for dist in importlib.metadata.distributions():
-        name = dist.metadata.get("Name")
-        if name:
-            out[name.lower().replace("_", "-").replace(".", "-")] = dist.version
-    return dict(sorted(out.items()))
-
-
 def numpy_runtime() -> dict[str, Any]:
     """numpy's version, its SIMD dispatch (baseline and features found at run time) and the
     BLAS it actually loaded (threadpoolctl: library, version, kernel architecture)."""
@@ -164,7 +154,7 @@ def thread_settings() -> dict[str, Any]:
 
 def reproducibility() -> dict[str, Any]:
     """The parts of the fingerprint that decide whether results can be bit-identical."""
-    dists = installed_distributions()
+    dists = provenance.installed_distributions()
     listing = "".join(f"{k}=={v}\n" for k, v in dists.items())
     dirty = git_dirty_paths()
     return {
@@ -216,10 +206,8 @@ def container_info(image_json: Path | None = None) -> dict[str, Any] | None:
     The provenance leaves out the full package list and keeps its digest; a corrupt
     image.json is reported in the fingerprint rather than failing the run.
     """
-    from harness.container import IMAGE_JSON, container_fingerprint
-
     try:
-        return container_fingerprint(path=image_json or IMAGE_JSON)
+        return provenance.container_fingerprint(path=image_json or provenance.IMAGE_JSON)
     except BenchError as exc:
         return {"image_id": os.environ.get("BENCH_IMAGE_ID"), "build": {"error": exc.message}}
 
@@ -306,7 +294,7 @@ def imported_distributions() -> dict[str, str]:
         owners = importlib.metadata.packages_distributions()
     except Exception:  # metadata of a broken install must not fail a cell
         return {}
-    installed = installed_distributions()
+    installed = provenance.installed_distributions()
     names = {m.split(".", 1)[0] for m in list(sys.modules)}
     out: dict[str, str] = {}
     for name in names:

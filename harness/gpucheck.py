@@ -46,7 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import crossbackend, jsonio, paths, results
+from harness import jsonio, paths, runfolder
+from harness.analysis import crossbackend
 from harness.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK
 from harness.results import CellResult
 
@@ -259,10 +260,10 @@ def dry_run_reports(run_dirs: list[str]) -> str | None:
     phase's ``bench all`` writes one; the dry run writes them here, without a comparison,
     so that the reports are known to render before the check first meets a GPU.
     """
-    from harness import report
+    from harness.analysis import report
 
     for d in run_dirs:
-        if not (Path(d) / "run.json").is_file():
+        if not runfolder.is_run(Path(d)):
             continue  # the phase recorded nothing there (its note says why)
         try:
             report.write_report(Path(d))
@@ -337,8 +338,8 @@ def throughput_rows(cells: list[CellResult]) -> list[dict[str, Any]]:
 def _cells(outcome: PhaseOutcome) -> list[CellResult]:
     found = []
     for d in outcome.run_dirs:
-        if (Path(d) / "cells").is_dir():
-            found += results.read_cells(Path(d))
+        if (Path(d) / runfolder.CELLS).is_dir():
+            found += runfolder.read_cells(Path(d))
     return found
 
 

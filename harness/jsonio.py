@@ -2,8 +2,12 @@
 
 Every JSON file the harness writes carries ``"schema": N`` and ``"kind"``, and is
 written to a temporary file in the same folder, fsynced, then ``os.replace``-d, so a
-reader never sees half a file. Reading refuses another kind or schema version, and
-refuses what is not JSON as the standard defines it (``NaN``, ``Infinity``). A file
+reader never sees half a file. Reading refuses another kind, a newer schema, and what is
+not JSON as the standard defines it (``NaN``, ``Infinity``); an older schema is upgraded
+in memory, step by step, when its :class:`Record` has an upgrade for it, else refused.
+Each kind of file is one :class:`Record` (kind, schema, upgrades), and its readers and
+writers go through it, so that a schema bump adds one upgrade function in one place and
+no reader is left refusing the files already written. A file
 system that refuses the read or the write is one line naming the path (:mod:`harness.fsio`),
 and a failed write leaves the old file as it was and no temporary file behind.
 """
@@ -14,6 +18,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +133,28 @@ def check_header(
             f"schema {schema}); regenerate the file with this version of the harness"
         )
     return obj
+
+
+@dataclass(frozen=True)
+class Record:
+    """A kind of versioned JSON file: its ``kind``, the ``schema`` this harness writes, and
+    the upgrades that lift each older schema N to N+1 (empty until the first bump)."""
+
+    kind: str
+    schema: int
+    upgrades: Upgrades = field(default_factory=dict)
+
+    def read(self, path: Path) -> dict[str, Any]:
+        """The object in ``path``, upgraded to :attr:`schema` (see :func:`read_json`)."""
+        return read_json(path, kind=self.kind, schema=self.schema, upgrades=self.upgrades)
+
+    def check(self, obj: Any, where: str | Path) -> dict[str, Any]:
+        """``obj`` (already parsed, e.g. shipped back by a worker), upgraded like a file."""
+        return check_header(obj, where, kind=self.kind, schema=self.schema, upgrades=self.upgrades)
+
+    def write(self, path: Path, obj: dict[str, Any]) -> None:
+        """Atomically write ``obj`` stamped with this record's kind and schema."""
+        write_json(path, obj, kind=self.kind, schema=self.schema)
 
 
 def _short(value: Any) -> str:

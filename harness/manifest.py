@@ -28,6 +28,7 @@ from harness.errors import InputError
 
 MANIFEST_KIND = "transfer-bench.manifest"
 MANIFEST_SCHEMA = 1
+MANIFEST = jsonio.Record(MANIFEST_KIND, MANIFEST_SCHEMA)  # read and rewritten through it
 
 # Plain http is accepted only for loopback servers (the tests' local server).
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -578,7 +579,7 @@ def check_duplicate_keys(data: bytes, path: Path) -> None:
 def load_manifest(path: Path | None = None) -> Manifest:
     """Read and validate the manifest (default: ``data/manifest.json`` of the project)."""
     path = Path(path) if path is not None else paths.manifest_path()
-    obj = jsonio.read_json(path, kind=MANIFEST_KIND, schema=MANIFEST_SCHEMA)
+    obj = MANIFEST.read(path)
     data = path.read_bytes()
     check_duplicate_keys(data, path)
     return parse_manifest(obj, path, hashlib.sha256(data).hexdigest())

@@ -128,7 +128,7 @@ class CellSpec:
     dry_run_batch: int = 4  # dry run only: a small batch keeps the full-size check cheap
     skip_if_unsupported: bool = False  # precision the device lacks: "skipped", not "failed"
     backend: str | None = None  # None: the run's backend (--backend, $KERAS_BACKEND, tensorflow)
-    # How many times the cell runs, each a fresh process (harness.orchestrate): how often it
+    # How many times the cell runs, each a fresh process (harness.run.orchestrate): how often it
     # is measured, not what it computes; left out of to_dict() at 1, so runs and baselines
     # from before the field stay comparable.
     repeats: int = 1
@@ -210,7 +210,7 @@ class Matrix:
         """The cells ``bench baseline record`` runs, and what run.json records about them:
         each cell measured in ``recording.repeats`` processes, plus each cell under
         ``recording.noise_seeds`` other seeds (one process each), whose results calibrate
-        the statistical tier (:mod:`harness.noise`)."""
+        the statistical tier (:mod:`harness.analysis.noise`)."""
         rec = self.recording
         out: list[CellSpec] = []
         noise_cells: dict[str, list[str]] = {}

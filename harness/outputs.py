@@ -26,10 +26,13 @@ from pathlib import Path
 
 from harness import fsio
 from harness.errors import InputError
+from harness.runfolder import PLOTS, REPORT_NAME
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 HDF5_HEADER = b"\x89HDF\r\n\x1a\n"
 DASHBOARD_MARKER = ".transfer-bench-dashboard"
+HISTORY_INDEX_KIND = "transfer-bench.history-index"  # harness.history.index's, in its meta
+HISTORY_INDEX_TABLES = ("runs", "cells", "metrics")  # an index written before the kind was
 
 Recogniser = Callable[[Path], "str | None"]  # None: ours; else why not, in a few words
 
@@ -152,22 +155,38 @@ def marker(name: str) -> Recogniser:
 
 
 def _history_index(path: Path) -> str | None:
-    from harness.history.index import index_problem
-
-    return index_problem(path)
+    """A history index of this harness (of any schema): an SQLite database whose ``meta``
+    table says ``kind`` = :data:`HISTORY_INDEX_KIND`, or, written before the kind was
+    recorded, one with a ``meta`` schema row and the index's tables."""
+    tables = sqlite_tables(Path(path))
+    if isinstance(tables, str):
+        return tables
+    if "meta" not in tables:
+        return "an SQLite database without a meta table"
+    try:
+        conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            meta = {str(k): v for k, v in conn.execute("SELECT key, value FROM meta")}
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        return f"an SQLite database whose meta table cannot be read: {exc}"
+    if meta.get("kind") == HISTORY_INDEX_KIND:
+        return None
+    if "kind" not in meta and "schema" in meta and set(HISTORY_INDEX_TABLES) <= tables:
+        return None
+    return f"an SQLite database of kind {meta.get('kind')!r}"
 
 
 def _report_folder(path: Path) -> str | None:
     """What ``bench report`` writes: report.md (ours: its first line) and plots/*.png."""
-    from harness.report import REPORT_NAME
-
-    extra = sorted(p.name for p in path.iterdir() if p.name not in (REPORT_NAME, "plots"))
+    extra = sorted(p.name for p in path.iterdir() if p.name not in (REPORT_NAME, PLOTS))
     if extra:
         return f"it holds {extra[0]!r}, which bench report does not write"
     md = path / REPORT_NAME
     if md.exists() and not _head(md, 64).startswith(b"# transfer-bench report:"):
         return f"its {REPORT_NAME} was not written by bench report"
-    plots = path / "plots"
+    plots = path / PLOTS
     if plots.exists():
         if not plots.is_dir():
             return "its plots is not a folder"

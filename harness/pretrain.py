@@ -94,7 +94,7 @@ def build_model(config: PretrainConfig, num_classes: int) -> tuple[Any, Any]:
     """
     import keras
 
-    from harness.strategies import set_bn_momentum
+    from harness.cell.strategies import set_bn_momentum
 
     backbone = build_backbone(config.image_size, config.alpha)
     set_bn_momentum(backbone, config.bn_momentum)

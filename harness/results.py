@@ -1,9 +1,10 @@
 """Typed records of what a run measured: the contract between runner, compare and report.
 
-A cell result is written as ``reports/runs/<run-id>/cells/<cell-id with / as __>.json``
-and the run's own record as ``run.json``. Both are versioned JSON (see
-:mod:`harness.jsonio`); :func:`cell_from_dict` / :func:`run_from_dict` refuse anything
-that does not match these dataclasses: an unknown or missing field, a value of the wrong
+A cell result (:data:`CELL`) and the run's own record (:data:`RUN`) are versioned JSON
+(see :mod:`harness.jsonio`), kept in the run folder (:mod:`harness.runfolder`): an
+older schema is upgraded by the record's upgrades, step by step, a newer one refused.
+:func:`cell_from_dict` / :func:`run_from_dict` refuse anything that does not match
+these dataclasses: an unknown or missing field, a value of the wrong
 type (an int is an int, not a bool or a string), a number that is not finite or out of its
 range (:data:`RANGES`: accuracies in [0, 1], rates, times and counts >= 0), a status or
 phase not in its list. The refusal is an InputError naming the file and the field.
@@ -16,7 +17,6 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from harness import jsonio
@@ -26,6 +26,12 @@ CELL_KIND = "transfer-bench.cell"
 CELL_SCHEMA = 1
 RUN_KIND = "transfer-bench.run"
 RUN_SCHEMA = 1
+# Schema N -> the function lifting a schema-N object to N+1; one more with every bump, so
+# the run folders, baselines and history already written stay readable.
+CELL_UPGRADES: jsonio.Upgrades = {}
+RUN_UPGRADES: jsonio.Upgrades = {}
+CELL = jsonio.Record(CELL_KIND, CELL_SCHEMA, CELL_UPGRADES)
+RUN = jsonio.Record(RUN_KIND, RUN_SCHEMA, RUN_UPGRADES)
 
 
 @dataclass(frozen=True)
@@ -337,80 +343,12 @@ def check_tolerances(tolerances: dict[str, Any], where: str) -> dict[str, Any]:
     return tolerances
 
 
-def cell_filename(cell_id: str) -> str:
-    """File name of a cell result: the id with ``/`` replaced by ``__``."""
-    return cell_id.replace("/", "__") + ".json"
+def parse_cell(obj: Any, where: str) -> CellResult:
+    """A cell result from a parsed JSON object with its header (a file, or a result shipped
+    back by a worker): upgraded to :data:`CELL_SCHEMA`, then validated."""
+    return cell_from_dict(CELL.check(obj, where), where)
 
 
-def repeat_filename(cell_id: str, repeat: int) -> str:
-    """Result of repeat ``repeat`` (1-based) of a cell with ``repeats > 1``, relative to the
-    run folder: ``repeats/<cell file stem>/r<k>.json`` (the cell's own file, under cells/,
-    is written once every repeat is in)."""
-    return f"repeats/{cell_filename(cell_id)[: -len('.json')]}/r{repeat}.json"
-
-
-def write_cell(run_dir: Path, result: CellResult) -> Path:
-    return write_cell_file(Path(run_dir) / "cells" / cell_filename(result.cell_id), result)
-
-
-def write_cell_file(path: Path, result: CellResult) -> Path:
-    """A cell result at ``path`` (atomically; see :mod:`harness.jsonio`)."""
-    jsonio.write_json(Path(path), to_dict(result), kind=CELL_KIND, schema=CELL_SCHEMA)
-    return Path(path)
-
-
-def read_cell(path: Path) -> CellResult:
-    """A cell result; InputError naming the file and field when it does not validate
-    (``bench all --resume`` runs such a cell again).
-
-    In a run folder (``cells/<file>`` or ``repeats/<stem>/r<k>.json``) the file's name must
-    be its cell's (:func:`cell_filename`): a result copied under another cell's name is not
-    that cell's result."""
-    path = Path(path)
-    try:
-        cell = cell_from_dict(
-            jsonio.read_json(path, kind=CELL_KIND, schema=CELL_SCHEMA), f"{path}: cell"
-        )
-        _check_file_name(path, cell.cell_id)
-        return cell
-    except InputError as exc:
-        run = path.parent.parent  # cells/<file>, or repeats/<cell>/r<k>.json
-        run_id = run.parent.name if run.name == "repeats" else run.name
-        raise InputError(
-            f"{exc.message}; `bench all --resume --run-id {run_id}` runs the cell again"
-        ) from None
-
-
-def _check_file_name(path: Path, cell_id: str) -> None:
-    """InputError when ``path`` lies where a run folder keeps the results of another cell."""
-    stem = cell_filename(cell_id)[: -len(".json")]
-    if path.parent.name == "cells":
-        ok, belongs = path.name == f"{stem}.json", f"cells/{stem}.json"
-    elif path.parent.parent.name == "repeats":
-        ok, belongs = path.parent.name == stem, f"repeats/{stem}/{path.name}"
-    else:
-        return
-    if not ok:
-        raise InputError(
-            f"{path}: holds the result of cell {cell_id!r}, whose place is {belongs} (a file "
-            "copied or renamed); it is not a result of the cell its name says"
-        )
-
-
-def write_run(run_dir: Path, info: RunInfo) -> Path:
-    path = Path(run_dir) / "run.json"
-    jsonio.write_json(path, to_dict(info), kind=RUN_KIND, schema=RUN_SCHEMA)
-    return path
-
-
-def read_run(run_dir: Path) -> RunInfo:
-    path = Path(run_dir) / "run.json"
-    return run_from_dict(jsonio.read_json(path, kind=RUN_KIND, schema=RUN_SCHEMA), f"{path}: run")
-
-
-def read_cells(run_dir: Path) -> list[CellResult]:
-    """All cell results of a run, sorted by cell id."""
-    folder = Path(run_dir) / "cells"
-    if not folder.is_dir():
-        return []
-    return sorted((read_cell(p) for p in folder.glob("*.json")), key=lambda c: c.cell_id)
+def parse_run(obj: Any, where: str) -> RunInfo:
+    """A run record from a parsed JSON object with its header, upgraded, then validated."""
+    return run_from_dict(RUN.check(obj, where), where)

@@ -30,7 +30,7 @@ class RepeatStats(Spread):
     coefficient of variation and the relative IQR.
 
     ``cv`` is the sample standard deviation over the mean (0 for a single repeat);
-    ``relative_iqr`` the IQR over the median, the figure :mod:`harness.compare` allows
+    ``relative_iqr`` the IQR over the median, the figure :mod:`harness.analysis.compare` allows
     for as noise.
     """
 

@@ -2,7 +2,7 @@
 
 Thread counts change both speed and numerics, so they are chosen here, once per cell
 process, recorded in the cell result (``extra.threads``) and in the run's fingerprint
-(``thread_policy``), and keyed on by the exact comparison tier (:mod:`harness.reprokey`).
+(``thread_policy``), and keyed on by the exact comparison tier (:mod:`harness.analysis.reprokey`).
 
 The rule (:data:`RULE`), measured on the project's 2-core Intel Xeon CI machine (README,
 "Threads"; ``bench perf`` re-measures it on any machine as ``thread_efficiency``):

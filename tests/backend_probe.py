@@ -14,7 +14,7 @@ tests/test_backend_contract.py to assert on:
   learning-rate factors: Adam's first update is ``lr × factor · g / (|g| + ε)``, so no
   weight moves by more than ``lr × factor`` and the ones with the largest gradients move
   by that much: each variable's largest step, over ``lr``, is its factor;
-- ``timing``: at every ``on_train_batch_end`` after :class:`harness.timing.StepTimer`'s,
+- ``timing``: at every ``on_train_batch_end`` after :class:`harness.cell.timing.StepTimer`'s,
   whether the backend still had work queued for the model (JAX: ``is_ready()`` of every
   array of the live state);
 - ``memory``: what :func:`harness.backend.peak_memory` reports.
@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import keras
 import numpy as np
 
-from harness import backend, strategies, timing
+from harness import backend
+from harness.cell import strategies, timing
 from harness.matrix import CellSpec
 
 SIZE, BATCH, CLASSES = 32, 8, 3

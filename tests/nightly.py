@@ -15,7 +15,7 @@ from typing import Any
 
 import runkit
 
-from harness import results
+from harness import runfolder
 from harness.results import CellResult, RunInfo
 
 STEP_CELL = "synth-few/fine-tune/float32/s0"
@@ -82,9 +82,9 @@ def write_night(
         tolerances={"accuracy_points": 2.0, "throughput_relative": 0.10},
     )
     run_dir = Path(runs_dir) / run_id
-    results.write_run(run_dir, info)
+    runfolder.write_run(run_dir, info)
     for c in cells:
-        results.write_cell(run_dir, c)
+        runfolder.write_cell(run_dir, c)
     return run_dir
 
 

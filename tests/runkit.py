@@ -2,7 +2,7 @@
 
 They construct :class:`CellResult` / :class:`RunInfo` records (step-time series with a
 chosen relative noise, plausible learning curves) and write them with
-:mod:`harness.results`, exactly as the runner does.
+:mod:`harness.runfolder`, exactly as the runner does.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from harness import results
+from harness import runfolder
 from harness.results import CellResult, EpochRecord, RunInfo, Throughput
 
 
@@ -187,9 +187,9 @@ def write_run(
         if tolerances is not None
         else {"accuracy_points": 2.0, "throughput_relative": 0.10},
     )
-    results.write_run(run_dir, info)
+    runfolder.write_run(run_dir, info)
     for c in cells:
-        results.write_cell(run_dir, c)
+        runfolder.write_cell(run_dir, c)
     return run_dir
 
 

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import pytest
+import tinymatrix
 
 from harness import ab, stats
 
@@ -35,42 +36,18 @@ REPO = Path(__file__).resolve().parent.parent
 MATERIAL = REPO / "tests" / "recorded" / "ab-samples.json"
 CELL = "tiny/full-fine-tune-random/float32/s0"
 
-TINY = """\
-[profile]
-description = "bench ab test: one tiny synthetic-input training cell"
-
-[tolerances]
-accuracy_points = 100.0
-throughput_relative = 0.5
-ab_relative = 0.05
-
-[defaults]
-input = "synthetic"
-num_classes = 10
-image_size = 32
-alpha = 0.35
-weights = "none"
-batch_size = 32
-epochs = 2
-steps_per_epoch = 30
-augmentation = "flip"
-warmup_steps = 3
-inference_batch = 32
-inference_steps = 2
-inference_warmup = 1
-
-[[cells]]
-datasets = ["tiny"]
-strategies = ["full-fine-tune"]
-precisions = ["float32"]
-seeds = [0]
-
-[[cells]]
-datasets = ["tiny"]
-strategies = ["scratch"]
-precisions = ["mixed_float16"]
-seeds = [0]
-"""
+TINY = tinymatrix.toml(
+    tinymatrix.group("tiny", "full-fine-tune"),
+    tinymatrix.group("tiny", "scratch", precisions=["mixed_float16"]),
+    description="bench ab test: one tiny synthetic-input training cell",
+    tolerances={"accuracy_points": 100.0, "ab_relative": 0.05},
+    input="synthetic",
+    num_classes=10,
+    batch_size=32,
+    steps_per_epoch=30,
+    warmup_steps=3,
+    inference_batch=32,
+)
 
 
 # --- the verdict on recorded samples -------------------------------------------------------

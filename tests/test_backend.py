@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from harness import backend, backends, orchestrate
+from harness import backend, backends
 from harness.backends._base import divisor_batch
 from harness.errors import InputError
 from harness.matrix import CellSpec, parse_matrix
+from harness.run import orchestrate
 
 REPO = Path(__file__).resolve().parent.parent
 INTERFACE = (
@@ -164,7 +165,7 @@ def test_step_timer_reads_the_clock_after_the_device_finished(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A fake clock that only the device wait advances: the step time is the wait."""
-    from harness import timing
+    from harness.cell import timing
 
     clock = [0.0]
     monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])

@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tinymatrix
 
-from harness import backend, results
+from harness import backend, runfolder
 
 REPO = Path(__file__).resolve().parent.parent
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -115,32 +116,7 @@ def test_peak_memory_says_what_it_is(name: str) -> None:
         assert "host max rss" in mem["kind"] and "no device memory stats" in mem["kind"]
 
 
-TINY = """
-[tolerances]
-accuracy_points = 5.0
-throughput_relative = 0.5
-[defaults]
-image_size = 32
-alpha = 0.35
-weights = "none"
-batch_size = 8
-steps_per_epoch = 3
-epochs = 3
-head_epochs = 1
-dense_units = 16
-augmentation = "flip"
-warmup_steps = 1
-inference_batch = 8
-inference_steps = 2
-inference_warmup = 1
-input = "synthetic"
-num_classes = 3
-[[cells]]
-datasets = ["tiny"]
-strategies = ["two-stage"]
-precisions = ["float32"]
-seeds = [0, 1]
-"""
+TWO_STAGE = {"epochs": 3, "head_epochs": 1, "dense_units": 16, **tinymatrix.SYNTHETIC}
 
 
 @pytest.mark.slow
@@ -148,8 +124,11 @@ def test_same_seed_is_bit_identical_on_every_backend(
     tmp_path: Path, run_bench: Callable[..., subprocess.CompletedProcess[str]]
 ) -> None:
     installed = [b for b in BACKENDS if _skip_reason(b) is None]
-    profile = tmp_path / "tiny.toml"
-    profile.write_text(TINY + f"backends = {json.dumps(installed)}\n")
+    profile = tinymatrix.write(
+        tmp_path,
+        tinymatrix.group("tiny", "two-stage", seeds=[0, 1], backends=installed),
+        **TWO_STAGE,
+    )
     runs = {}
     for run_id in ("a", "b"):
         proc = run_bench(
@@ -157,7 +136,7 @@ def test_same_seed_is_bit_identical_on_every_backend(
             "--no-compare",
         )  # fmt: skip
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        runs[run_id] = {c.cell_id: c for c in results.read_cells(tmp_path / run_id)}
+        runs[run_id] = {c.cell_id: c for c in runfolder.read_cells(tmp_path / run_id)}
     for name in installed:
         suffix = "" if name == "tensorflow" else f"/{name}"
         a0 = runs["a"][f"tiny/two-stage-random/float32/s0{suffix}"]

@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 import runkit
 
-from harness import backend, crossbackend, findings, gpucheck, report, results
+from harness import backend, gpucheck, results, runfolder
+from harness.analysis import crossbackend, findings, report
 from harness.matrix import load_matrix
 
 REPO = Path(__file__).resolve().parent.parent
@@ -67,7 +68,7 @@ def jax_smoke_run_dir(tmp_path_factory: pytest.TempPathFactory, run_bench: Run) 
 
 @pytest.mark.slow
 def test_jax_smoke_matrix_every_cell_ok(jax_smoke_run_dir: Path) -> None:
-    cells = results.read_cells(jax_smoke_run_dir)
+    cells = runfolder.read_cells(jax_smoke_run_dir)
     assert len(cells) == len(load_matrix("smoke").cells) == 12
     bad = {c.cell_id: c.error for c in cells if not c.ok}
     assert not bad, bad
@@ -79,8 +80,8 @@ def test_jax_smoke_matrix_every_cell_ok(jax_smoke_run_dir: Path) -> None:
 
 
 def did_not_learn(cell: results.CellResult) -> str | None:
-    """Why ``cell`` counts as not having learned (:func:`harness.findings.chance_check`), or
-    None when it learned (or cannot say)."""
+    """Why ``cell`` counts as not having learned
+    (:func:`harness.analysis.findings.chance_check`), or None when it learned (or cannot say)."""
     check = findings.chance_check(cell)
     return None if check is None or check.learned else findings.did_not_learn_note(check)
 
@@ -107,8 +108,8 @@ def test_jax_accuracy_within_the_profile_tolerance_of_tensorflow(
       difference over its datasets within tol (a systematic shift between the backends).
     """
     tol = load_matrix("smoke").tolerances.accuracy_points
-    jax_cells = results.read_cells(jax_smoke_run_dir)
-    tf_cells = results.read_cells(smoke_run_dir)
+    jax_cells = runfolder.read_cells(jax_smoke_run_dir)
+    tf_cells = runfolder.read_cells(smoke_run_dir)
     pairs = crossbackend.between_runs(jax_cells, tf_cells, run_id="jax", base_run_id="tensorflow")
     assert len(pairs) == 12 and all(p.ok for p in pairs)
     sides = {
@@ -198,7 +199,7 @@ def test_a_jax_cell_runs_where_tensorflow_cannot_be_imported(tmp_path: Path) -> 
         "import sys, json, importlib.util\n"
         f"{HIDE_TENSORFLOW}"
         "assert importlib.util.find_spec('tensorflow') is None\n"
-        "from harness import cellproc\n"
+        "from harness.cell import process as cellproc\n"
         f"rc = cellproc.main(['--cell-json', {json.dumps(json.dumps(cell))}, "
         f"'--run-dir', {str(tmp_path)!r}, '--backend', 'jax'])\n"
         "loaded = sorted(m for m in sys.modules "
@@ -212,7 +213,7 @@ def test_a_jax_cell_runs_where_tensorflow_cannot_be_imported(tmp_path: Path) -> 
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("@@modules ")]
     assert line, proc.stdout[-2000:] + proc.stderr[-3000:]
     found = json.loads(line[-1].split(" ", 1)[1])
-    res = results.read_cell(tmp_path / "cells" / "tiny__two-stage-random__float32__s0.json")
+    res = runfolder.read_cell(tmp_path / "cells" / "tiny__two-stage-random__float32__s0.json")
     assert found["rc"] == 0 and res.ok, res.error
     assert found["tensorflow_modules"] == []
     assert res.extra["tensorboard"]["status"] == "unavailable"

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import runkit
 
-from harness import baseline, reprokey, results
+from harness import runfolder
+from harness.analysis import baseline, reprokey
 from harness.cli import main
 from harness.errors import InputError
 
@@ -41,7 +42,7 @@ def test_accept_writes_the_profile_baseline_with_fingerprint(tmp_path, capsys):
     assert raw["tolerances"] == {"accuracy_points": 1.5, "throughput_relative": 0.2}
     assert raw["accepted_at"].endswith("Z") and raw["run_id"] == "r1"
     loaded = baseline.load(target, profile="smoke")
-    assert list(loaded.cells) == results.read_cells(run_dir)  # full records round-trip
+    assert list(loaded.cells) == runfolder.read_cells(run_dir)  # full records round-trip
     assert loaded.cell("synth-few/fine-tune/float32/s0").best_val_accuracy == 0.90
 
 
@@ -76,7 +77,7 @@ def test_accept_to_explicit_path_and_load_checks_profile(tmp_path):
 def test_incomplete_run_is_refused_unless_forced(tmp_path, capsys):
     cells = runkit.standard_cells()
     run_dir = runkit.write_run(tmp_path, cells, run_id="r1")
-    (run_dir / "cells" / results.cell_filename(cells[-1].cell_id)).unlink()  # never finished
+    (run_dir / "cells" / runfolder.cell_filename(cells[-1].cell_id)).unlink()  # never finished
     assert main(["baseline", "accept", "r1"]) == 2
     err = capsys.readouterr().err
     assert "run 'r1' is incomplete: 1 planned cell(s) have no result" in err

@@ -18,7 +18,8 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from harness import baseline, reprokey, results
+from harness import runfolder
+from harness.analysis import baseline, reprokey
 from harness.matrix import load_matrix
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,7 +39,7 @@ def test_smoke_run_passes_the_committed_baseline(
     assert set(verdicts.values()) <= GATE_PASSES, (data["summary"], verdicts)
     assert proc.returncode == 0, proc.stderr
     # On a committed key the exact tier applies, and then every cell reproduced.
-    key = reprokey.key_id(reprokey.run_key(results.read_run(smoke_run_dir).environment))
+    key = reprokey.key_id(reprokey.run_key(runfolder.read_run(smoke_run_dir).environment))
     if any(p.stem == key for p in stored):
         assert data["tier"] == "exact" and set(verdicts.values()) == {"identical"}, data["summary"]
     else:
@@ -49,7 +50,7 @@ def test_bench_all_ends_with_the_comparison_and_the_report(smoke_run_dir: Path) 
     # The smoke fixture ran plain `bench all`, which compares and reports at its end,
     # with the committed baseline it selects: the report names it and carries the plot.
     report = smoke_run_dir / "report" / "report.md"
-    chosen = baseline.choose("smoke", results.read_run(smoke_run_dir).environment)
+    chosen = baseline.choose("smoke", runfolder.read_run(smoke_run_dir).environment)
     assert chosen is not None
     assert f"Baseline: run `{chosen.baseline.run_id}`" in report.read_text()
     assert (smoke_run_dir / "report" / "plots" / "baseline_deltas.png").is_file()

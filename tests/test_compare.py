@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import runkit
 
-from harness import baseline, compare, results
+from harness import results, runfolder
+from harness.analysis import baseline, compare
 from harness.cli import main
 from harness.history import gate
 
@@ -109,9 +110,9 @@ def test_same_drop_within_measured_noise_is_not_flagged(tmp_path, capsys):
             "train throughput"
         )
         # allowed = tolerance + half of each side's relative IQR
-        name = results.cell_filename(cid)
+        name = runfolder.cell_filename(cid)
         b, r = (
-            results.read_cell(d / "cells" / name).train_throughput
+            runfolder.read_cell(d / "cells" / name).train_throughput
             for d in (root / "reports/runs/r-base", run_dir)
         )
         assert metric.allowed == pytest.approx(0.10 + (b.relative_spread + r.relative_spread) / 2)
@@ -305,20 +306,20 @@ def test_real_smoke_run_against_a_baseline_accepted_from_it(
     assert main(["baseline", "accept", str(smoke_run_dir), "--output", str(bl)]) == 0
     capsys.readouterr()
     code, out, _ = _compare(capsys, str(smoke_run_dir), "--baseline", str(bl))
-    n = len(results.read_cells(smoke_run_dir))
+    n = len(runfolder.read_cells(smoke_run_dir))
     assert code == 0, out
     # the same run is its own baseline: same run key, every cell reproduces bit for bit
     assert f"OK: run smoke vs baseline smoke (profile smoke, exact tier): {n} identical" in out
 
     # The same run with one cell's accuracy 25 points lower changed: the exact tier names it.
     copy = tmp_path / "degraded"
-    results.write_run(copy, replace(results.read_run(smoke_run_dir), run_id="degraded"))
-    cells = results.read_cells(smoke_run_dir)
+    runfolder.write_run(copy, replace(runfolder.read_run(smoke_run_dir), run_id="degraded"))
+    cells = runfolder.read_cells(smoke_run_dir)
     victim = max(cells, key=lambda c: c.best_val_accuracy or 0.0)
     for c in cells:
         if c.cell_id == victim.cell_id:
             c = replace(c, best_val_accuracy=c.best_val_accuracy - 0.25)
-        results.write_cell(copy, c)
+        runfolder.write_cell(copy, c)
     code, out, _ = _compare(capsys, str(copy), "--baseline", str(bl))
     assert code == 1, out
     row = next(line for line in out.splitlines() if line.startswith(victim.cell_id))

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import __version__, container
+from harness import __version__, container, provenance
 from harness.errors import InputError
 from harness.matrix import load_matrix
-from harness.results import read_cell, read_run
+from harness.runfolder import read_cell, read_run
 
 pytestmark = pytest.mark.docker
 
@@ -167,7 +167,7 @@ def test_provenance_and_image_id_reach_the_fingerprint(cpu_image, client, workdi
     # The baked package list is the image's real one: tensorflow-cpu, no CUDA wheels.
     freeze = client.containers.run(
         cpu_image.tag,
-        entrypoint=["cat", str(container.IMAGE_JSON)],
+        entrypoint=["cat", str(provenance.IMAGE_JSON)],
         remove=True,
         network_mode="none",
     )

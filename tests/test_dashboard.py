@@ -18,7 +18,7 @@ from pathlib import Path
 import nightly
 import pytest
 
-from harness import baseline, report
+from harness.analysis import baseline, report
 from harness.cli import main
 from harness.dashboard import MARKER, build_site
 

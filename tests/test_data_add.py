@@ -17,6 +17,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import tinymatrix
 from data_fixtures import (
     DS_STORE,
     apple_double,
@@ -29,32 +30,18 @@ from data_fixtures import (
     write_manifest,
 )
 
-from harness import results
+from harness import runfolder
 from harness.manifest import LocalSource, load_manifest
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = [sys.executable, "-m", "harness.cli"]
-PROFILE = """
-[tolerances]
-accuracy_points = 100.0
-throughput_relative = 0.9
-[defaults]
-image_size = 32
-alpha = 0.35
-weights = "none"
-batch_size = 8
-epochs = 1
-augmentation = "none"
-warmup_steps = 1
-inference_batch = 8
-inference_steps = 2
-inference_warmup = 1
-[[cells]]
-datasets = ["pets", "birds"]
-strategies = ["scratch"]
-precisions = ["float32"]
-seeds = [0]
-"""
+PROFILE = tinymatrix.toml(
+    tinymatrix.group(["pets", "birds"], "scratch"),
+    tolerances={"accuracy_points": 100.0, "throughput_relative": 0.9},
+    drop=("steps_per_epoch",),
+    epochs=1,
+    augmentation="none",
+)
 
 
 @pytest.fixture
@@ -173,8 +160,8 @@ def test_add_a_folder_and_an_archive(
     assert proc.stderr.count("pre-flight: preparing birds at 32 px") == 1
     assert "preparing pets" not in proc.stderr  # already prepared
     for dataset, n_train, n_val in (("pets", 18, 6), ("birds", 24, 6)):
-        res = results.read_cell(
-            runs / "mine" / "cells" / results.cell_filename(f"{dataset}/scratch/float32/s0")
+        res = runfolder.read_cell(
+            runs / "mine" / "cells" / runfolder.cell_filename(f"{dataset}/scratch/float32/s0")
         )
         assert res.ok, res.error
         assert res.config["effective"]["train_examples"] == n_train

@@ -29,9 +29,10 @@ from data_fixtures import (
     write_manifest,
 )
 
-from harness import hostdevices, preflight, results
+from harness import runfolder
 from harness.errors import InputError
 from harness.matrix import parse_matrix
+from harness.run import hostdevices, preflight
 
 HEAD = """
 [tolerances]
@@ -147,7 +148,8 @@ def test_skip_unavailable_records_the_reason(
     assert code == 0, out + err
     assert "0 ok, 0 failed, 3 skipped" in out
     cells = {
-        r.cell_id: r for r in (results.read_cell(p) for p in (runs / "b" / "cells").glob("*.json"))
+        r.cell_id: r
+        for r in (runfolder.read_cell(p) for p in (runs / "b" / "cells").glob("*.json"))
     }
     assert {r.status for r in cells.values()} == {"skipped"}
     assert "mixed_float16 needs a GPU" in (cells["synthetic/scratch/mixed_float16/s0"].error or "")
@@ -178,7 +180,7 @@ def test_backend_not_installed_is_caught_before_any_cell(
 
 
 def test_data_is_prepared_once_in_the_parent_and_cells_never_prepare(home: Path) -> None:
-    from harness.runner import load_data
+    from harness.cell.runner import load_data
 
     path = _profile(home, _group("pets"), _group("pets", "feature-extract"))
     import tomllib

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import container, env
+from harness import env, provenance
 
 REPO = Path(__file__).resolve().parent.parent
 KEYS = {
@@ -58,7 +58,7 @@ def test_container_provenance_from_the_environment(
     assert env.container_info(tmp_path / "absent.json") is None
     image_json = tmp_path / "image.json"
     monkeypatch.setenv("BENCH_BUILD_GIT_COMMIT", "abc123")
-    container.write_image_provenance(image_json)
+    provenance.write_image_provenance(image_json)
     info = env.container_info(image_json)
     assert info is not None
     assert info["image_id"] == "sha256:abc" and info["image_digest"] == "repo@sha256:def"

@@ -24,36 +24,23 @@ from pathlib import Path
 
 import pytest
 import runkit
+import tinymatrix
 from conftest import BENCH, REPO
 
-from harness import results
-from harness.executors.repeats import combine
-from harness.executors.shard import parse_shard, shard_of
+from harness import runfolder
 from harness.results import CellResult
+from harness.run.repeats import combine
+from harness.run.shard import parse_shard, shard_of
 
-PROFILE = """
-[tolerances]
-accuracy_points = 5.0
-throughput_relative = 0.5
-[defaults]
-image_size = 32
-alpha = 0.35
-weights = "none"
-batch_size = 8
-steps_per_epoch = 2
-epochs = 1
-warmup_steps = 0
-inference_batch = 8
-inference_steps = 2
-inference_warmup = 1
-input = "synthetic"
-num_classes = 3
-[[cells]]
-datasets = ["tiny"]
-strategies = ["linear-probe"]
-precisions = ["float32"]
-seeds = [0, 1, 2, 3]
-"""
+LINEAR_PROBE = tinymatrix.group("tiny", "linear-probe", seeds=[0, 1, 2, 3])
+SMALL = {  # a cell as small as a cell gets: linear-probe, one epoch of 2 steps
+    "drop": ("augmentation",),
+    "steps_per_epoch": 2,
+    "epochs": 1,
+    "warmup_steps": 0,
+    **tinymatrix.SYNTHETIC,
+}
+PROFILE = tinymatrix.toml(LINEAR_PROBE, **SMALL)
 CELLS = [f"tiny/linear-probe-random/float32/s{s}" for s in range(4)]
 
 
@@ -64,7 +51,7 @@ def one_line(err: str) -> str:
 
 
 def cells_of(run_dir: Path) -> dict[str, CellResult]:
-    found = (results.read_cell(p) for p in (run_dir / "cells").glob("*.json"))
+    found = (runfolder.read_cell(p) for p in (run_dir / "cells").glob("*.json"))
     return {c.cell_id: c for c in found}
 
 
@@ -125,7 +112,7 @@ def serial(work: Path, bench_env: dict[str, str]) -> dict[str, CellResult]:
 def test_shards_merge_into_the_whole_cell_set(serial: dict[str, CellResult], work: Path) -> None:
     assert sorted(serial) == sorted(CELLS)
     assert all(c.ok and c.extra["placement"]["executor"] == "serial" for c in serial.values())
-    info = results.read_run(work / "runs" / "all")
+    info = runfolder.read_run(work / "runs" / "all")
     assert sorted(info.cell_ids) == sorted(CELLS) and info.finished_at
     assert [m["shard"] for m in info.matrix["merged_from"]] == ["1/2", "2/2"]
     assert len(list((work / "runs" / "all" / "logs").glob("*.log"))) == 4
@@ -165,7 +152,7 @@ def test_jobs_2_driver_killed_then_resumed_equals_serial(
         placed = got[cid].extra["placement"]
         assert placed["executor"] == "local" and placed["shared"] is True
         assert placed["concurrent_cells"] == 2
-    info = results.read_run(work / "runs" / "jobs")
+    info = runfolder.read_run(work / "runs" / "jobs")
     assert info.environment["executor"]["throughput_shared"] is True
 
 
@@ -233,7 +220,7 @@ def cell_processes(marker: Path) -> list[tuple[int, int]]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        if b"harness.cellproc" in cmd and any(str(marker).encode() in a for a in cmd):
+        if b"harness.cell.process" in cmd and any(str(marker).encode() in a for a in cmd):
             found.append((int(entry.name), int(stat.rsplit(")", 1)[1].split()[1])))
     return found
 
@@ -273,7 +260,7 @@ def test_dask_cluster_equals_serial_and_retries_a_lost_worker(
     assert first["outcome"] == "worker lost" and first["worker_pid"] == killed
     assert second["outcome"] == "finished"
     assert "was lost" in out
-    info = results.read_run(work / "runs" / "dask")
+    info = runfolder.read_run(work / "runs" / "dask")
     assert info.environment["executor"]["name"] == "dask"
     assert info.environment["executor"]["workers"] == 2
 
@@ -349,10 +336,10 @@ def test_repeats_field_is_validated(tmp_path: Path) -> None:
     from harness.matrix import load_matrix
 
     path = tmp_path / "r.toml"
-    path.write_text(PROFILE + "repeats = 3\n")
+    path.write_text(tinymatrix.toml({**LINEAR_PROBE, "repeats": 3}, **SMALL))
     assert {c.repeats for c in load_matrix(str(path)).cells} == {3}
     assert "repeats" in load_matrix(str(path)).cells[0].to_dict()
-    path.write_text(PROFILE + "repeats = 0\n")
+    path.write_text(tinymatrix.toml({**LINEAR_PROBE, "repeats": 0}, **SMALL))
     with pytest.raises(InputError, match="repeats"):
         load_matrix(str(path))
     path.write_text(PROFILE)
@@ -360,7 +347,7 @@ def test_repeats_field_is_validated(tmp_path: Path) -> None:
 
 
 def test_placement_env_is_recorded_by_the_cell_process(monkeypatch: pytest.MonkeyPatch) -> None:
-    from harness import cellproc
+    from harness.cell import process as cellproc
 
     monkeypatch.setenv(cellproc.PLACEMENT_ENV, json.dumps({"executor": "local", "slot": 1}))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
@@ -403,7 +390,7 @@ def test_devices_pin_one_gpu_per_slot_and_jobs_divide_the_cores() -> None:
 def test_report_marks_shared_throughput_and_shows_repeats() -> None:
     import dataclasses
 
-    from harness import report
+    from harness.analysis import report
 
     shared = runkit.cell(seed=0)
     shared = dataclasses.replace(shared, extra={"placement": {"shared": True}})

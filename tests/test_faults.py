@@ -26,7 +26,8 @@ import pytest
 import runkit
 from conftest import BENCH, REPO
 
-from harness import baseline, plots, results
+from harness import results, runfolder
+from harness.analysis import baseline, plots
 from harness.cli import main
 from harness.matrix import load_matrix
 
@@ -248,13 +249,13 @@ def test_2_full_disk_while_cell_results_are_written(bench_env, tmp_path, run_ben
         assert "cannot write: no space left on the device" in line, line
         assert "run disk stopped (earlier results are unchanged); resume with: bench all" in line
         assert "--run-id disk" in line and line.endswith("--dry-run --no-compare --resume")
-        recorded = results.read_cells(runs / "disk")
+        recorded = runfolder.read_cells(runs / "disk")
         assert [(c.cell_id, c.status) for c in recorded] == [(CELL, "failed")]
         assert "No space left on device" in recorded[0].error or "no space left" in (
             recorded[0].error
         ), recorded[0].error
         no_temporary_files(runs)
-        info = results.read_run(runs / "disk")  # still readable: never half-written
+        info = runfolder.read_run(runs / "disk")  # still readable: never half-written
         assert info.finished_at is None and set(info.cell_ids) == {CELL, CELL2}
 
 
@@ -312,7 +313,7 @@ def test_4_wrong_baseline_values_are_refused_naming_the_field(home, tmp_path, ca
 def test_4_wrong_cell_values_are_refused_by_compare_and_report(home, capsys):
     run_dir = runkit.write_run(home, runkit.standard_cells(), run_id="r1")
     baseline.accept(run_dir)
-    bad = run_dir / "cells" / results.cell_filename("synth-few/fine-tune/float32/s0")
+    bad = run_dir / "cells" / runfolder.cell_filename("synth-few/fine-tune/float32/s0")
     raw = json.loads(bad.read_text())
     raw["train_throughput"]["images_per_s"] = "fast"
     bad.write_text(json.dumps(raw))
@@ -331,7 +332,7 @@ def test_4_a_cell_that_does_not_validate_is_run_again_on_resume(bench, tmp_path)
     # A result file that parses as JSON but holds a string where a number belongs.
     cell = results.to_dict(runkit.cell("synth-few", "scratch"))
     cell["best_val_accuracy"] = "0.2"
-    path = runs / "again" / "cells" / results.cell_filename(CELL)
+    path = runs / "again" / "cells" / runfolder.cell_filename(CELL)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({**cell, "kind": results.CELL_KIND, "schema": results.CELL_SCHEMA}))
     resumed = bench(*dry_args(runs, "again"), "--resume")
@@ -378,8 +379,8 @@ def _smoke_run(home: Path, run_id: str, *, dry_run: bool, chosen: int) -> Path:
         for c in matrix.cells[:chosen]
     ]
     run_dir = runkit.write_run(home, cells, run_id=run_id)
-    info = results.read_run(run_dir)
-    results.write_run(
+    info = runfolder.read_run(run_dir)
+    runfolder.write_run(
         run_dir, dataclasses.replace(info, matrix={**matrix.to_dict(), "dry_run": dry_run})
     )
     return run_dir
@@ -444,7 +445,7 @@ def test_8_signals_stop_the_cell_and_print_the_resume_command(
     assert not any(alive(pid) for pid in children), "the cell's process outlived the run"
     assert list((runs / "sig" / "cells").glob("*")) == []  # the stopped cell: not recorded
     no_temporary_files(runs)
-    assert results.read_run(runs / "sig").finished_at is None
+    assert runfolder.read_run(runs / "sig").finished_at is None
     # The printed command is the one that completes the run.
     resumed = bench(*shlex.split(command)[1:])
     assert resumed.wait_for(f"{CELL}: starting"), resumed.finish()

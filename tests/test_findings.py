@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import runkit
 
-from harness import findings as F
+from harness.analysis import findings as F
 
 
 def _cells(dataset: str, accs: dict[str, float]) -> list:
@@ -169,7 +169,7 @@ def test_a_rule_that_needs_a_strategy_that_did_not_learn_lacks_data():
 
 
 def test_the_report_flags_cells_that_did_not_learn():
-    from harness import report
+    from harness.analysis import report
 
     cells = _learning_cells("few", {"scratch": 0.21, "fine-tune": 0.90}, classes=5, n=200)
     status = {row[1]: row[-1] for row in report.matrix_rows(cells)}

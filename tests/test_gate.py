@@ -19,37 +19,27 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import tinymatrix
 from conftest import BENCH, REPO
 
-from harness import baseline, noise, reprokey, results
+from harness import runfolder
+from harness.analysis import baseline, noise, reprokey
 from harness.errors import InputError
 from harness.perf import inject
 
-TINY = """
-[tolerances]
-accuracy_points = 1.0
-throughput_relative = 0.3
-[baseline]
-noise_seeds = 2
-repeats = 3
-[defaults]
-image_size = 32
-alpha = 0.35
-weights = "mnv2-synth-a035-32"
-batch_size = 32
-epochs = 1
-augmentation = "flip"
-target_accuracy = 0.6
-warmup_steps = 3
-inference_batch = 32
-inference_steps = 5
-inference_warmup = 1
-[[cells]]
-datasets = ["synth-xray"]
-strategies = ["fine-tune", "full-fine-tune"]
-precisions = ["float32"]
-seeds = [0]
-"""
+TINY = tinymatrix.toml(
+    tinymatrix.group("synth-xray", ["fine-tune", "full-fine-tune"]),
+    tolerances={"accuracy_points": 1.0, "throughput_relative": 0.3},
+    baseline={"noise_seeds": 2, "repeats": 3},
+    drop=("steps_per_epoch",),  # real data: its own steps
+    weights="mnv2-synth-a035-32",
+    batch_size=32,
+    epochs=1,
+    target_accuracy=0.6,
+    warmup_steps=3,
+    inference_batch=32,
+    inference_steps=5,
+)
 CELLS = ("synth-xray/fine-tune/float32/s0", "synth-xray/full-fine-tune/float32/s0")
 
 
@@ -119,7 +109,7 @@ def test_record_keeps_noise_seeds_repeats_and_the_thread_rule(recorded: Path, ho
         # the rule on this 32 px cell: well under one thread's worth of work per step
         assert plan["source"] == "rule" and plan["intra_op"] == 1 and plan["rule"] == "threads-v1"
         assert cell.extra["placement"]["threads"]["TF_NUM_INTRAOP_THREADS"] == "1"
-    info = results.read_run(home / "runs" / "rec")
+    info = runfolder.read_run(home / "runs" / "rec")
     assert info.environment["thread_policy"]["rule"] == "threads-v1"
 
 
@@ -184,7 +174,7 @@ def test_another_key_falls_to_the_statistical_tier_and_says_so(recorded, home, b
         for m in c["metrics"]:
             if m["unit"] == "points":
                 assert m["verdict"] == "within noise", (c["cell_id"], m)
-    plan = results.read_cells(home / "runs" / "twothreads")[0].extra["placement"]["thread_plan"]
+    plan = runfolder.read_cells(home / "runs" / "twothreads")[0].extra["placement"]["thread_plan"]
     assert plan["source"] == "environment" and plan["intra_op"] == 2
 
 
@@ -275,12 +265,47 @@ def test_throughput_noise_is_robust_to_one_bad_night_and_symmetric() -> None:
     dirty = noise.throughput_model(groups, [[1000, 1010, 990, 400, 1005]])  # one bad night
     assert 0.02 < clean.sd < 0.045 and dirty.sd < clean.sd * 1.3
     # one limit on the log scale: a ratio and its inverse are equally far from "no change"
-    from harness.compare import IMPROVEMENT, REGRESSION, _verdict
+    from harness.analysis.compare import IMPROVEMENT, REGRESSION, _verdict
 
     allow = noise.throughput_allowance(clean, groups[0], [1000.0], 0.001, floor_relative=0.0)
     step = allow.limit * 1.01
     assert _verdict(-step, allow.limit) == REGRESSION
     assert _verdict(step, allow.limit) == IMPROVEMENT
+
+
+def test_throughput_noise_between_sessions_comes_from_the_history() -> None:
+    """Each session (the baseline's recording, each night) draws its own level per cell
+    (SD 6 %) on top of process noise (SD 3 %): repeats of one recording see only the 3 %,
+    so a band from them alone flags identical code far more often than it states; with
+    the history's runs (one session each) the between-session part is measured and the
+    stated rate holds (within Monte-Carlo error)."""
+    rng = random.Random(5)
+    s_w, s_b, cells, nights, alpha = 0.03, 0.06, 24, 10, 0.02
+
+    def session(level: float, n: int) -> list[float]:
+        shift = rng.gauss(0, s_b)
+        return [math.exp(level + shift + rng.gauss(0, s_w)) for _ in range(n)]
+
+    levels = [math.log(1000 + 100 * c) for c in range(cells)]
+    base = [session(lv, 5) for lv in levels]
+    history = [[session(lv, 1)[0] for _ in range(nights)] for lv in levels]
+    within_only = noise.throughput_model(base)
+    both = noise.throughput_model(base, history)
+    assert within_only.between == 0 and "not measured" in within_only.describe()
+    assert 0.045 < both.between < 0.08 and 0.02 < both.sd < 0.04
+    assert "between sessions" in both.describe()
+    flagged = {"within only": 0, "both": 0}
+    trials = 0
+    for _ in range(400):
+        base = [session(lv, 5) for lv in levels]
+        for lv, b in zip(levels, base, strict=True):
+            run = session(lv, 1)
+            trials += 1
+            for name, model in (("within only", within_only), ("both", both)):
+                allow = noise.throughput_allowance(model, b, run, alpha, floor_relative=0.0)
+                flagged[name] += abs(math.log(run[0]) - allow.center) > allow.limit
+    assert flagged["within only"] / trials > 5 * alpha
+    assert abs(flagged["both"] / trials - alpha) < 0.015
 
 
 def test_the_rate_is_split_between_families_and_sums_to_the_run_rate() -> None:

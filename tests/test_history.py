@@ -13,10 +13,10 @@ import nightly
 import pytest
 import runkit
 
-from harness import history, results
+from harness import history, runfolder
 from harness.cli import main
 from harness.history import index as index_mod
-from harness.steps import StepModel, detect_steps
+from harness.history.steps import StepModel, detect_steps
 
 
 def _history(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -48,7 +48,7 @@ def test_injected_throughput_step_is_found_at_the_right_run(tmp_path, capsys):
         (nightly.STEP_CELL, "train_images_per_s")
     ]
     (step,) = with_steps[0]["steps"]
-    step_run = results.read_run(nights[5])
+    step_run = runfolder.read_run(nights[5])
     assert step["run_id"] == step_run.run_id
     assert step["git_commit"] == step_run.git_commit == nightly.commit_of(5)
     assert step["index"] == 5
@@ -115,7 +115,7 @@ def test_corrupt_runs_are_skipped_with_one_line_each(tmp_path, capsys):
     data = json.loads((other_schema / "run.json").read_text())
     (other_schema / "run.json").write_text(json.dumps({**data, "schema": 99}))
     bad_cell_run = nightly.write_night(runs, 8, nightly.night_cells(8))
-    bad_cell = bad_cell_run / "cells" / results.cell_filename(nightly.STEP_CELL)
+    bad_cell = bad_cell_run / "cells" / runfolder.cell_filename(nightly.STEP_CELL)
     bad_cell.write_bytes(b"\x00\x01 not json")
     (runs / "stray-folder").mkdir()
     code, out, _ = _history(capsys, "--runs-dir", str(runs), "--cell", "nothing-matches")
@@ -155,9 +155,9 @@ def test_incremental_update_delete_and_rebuild(tmp_path, monkeypatch):
     assert (len(again.unchanged), again.added, again.updated, parsed) == (6, (), (), [])
 
     # A changed cell file (e.g. a resumed run) re-reads that run only; a deleted run leaves.
-    changed = nights[2] / "cells" / results.cell_filename("synth-xray/scratch/float32/s0")
-    cell = results.read_cell(changed)
-    results.write_cell(nights[2], cell.__class__(**{**cell.__dict__, "best_val_accuracy": 0.5}))
+    changed = nights[2] / "cells" / runfolder.cell_filename("synth-xray/scratch/float32/s0")
+    cell = runfolder.read_cell(changed)
+    runfolder.write_cell(nights[2], cell.__class__(**{**cell.__dict__, "best_val_accuracy": 0.5}))
     for p in (nights[4] / "cells").iterdir():
         p.unlink()
     (nights[4] / "cells").rmdir()
@@ -249,8 +249,8 @@ def test_dry_runs_and_failed_cells_are_not_trended(tmp_path):
     cells[0] = runkit.cell("synth-few", "scratch", status="failed")
     nightly.write_night(runs, 6, cells)
     dry = nightly.write_night(runs, 7, nightly.night_cells(7))
-    info = results.read_run(dry)
-    results.write_run(dry, info.__class__(**{**info.__dict__, "matrix": {"dry_run": True}}))
+    info = runfolder.read_run(dry)
+    runfolder.write_run(dry, info.__class__(**{**info.__dict__, "matrix": {"dry_run": True}}))
     series = {s.cell_id: s for s in _series(runs, metrics=["best_val_accuracy"])}
     assert len(series["synth-few/scratch/float32/s0"].points) == 6
     assert len(series["synth-xray/scratch/float32/s0"].points) == 7

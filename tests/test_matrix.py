@@ -52,7 +52,7 @@ def test_smoke_profile_is_three_targets_times_four_strategies() -> None:
         assert (c.image_size, c.alpha, c.precision) == (32, 0.35, "float32")
         assert c.weights == ("none" if c.strategy == "scratch" else "mnv2-synth-a035-32")
         assert c.cell_id == f"{c.dataset}/{c.strategy}/float32/s{c.seed}"
-    assert m.tolerances.throughput_relative == 0.15 and m.tolerances.false_alarm_rate == 0.01
+    assert m.tolerances.throughput_relative == 0.20 and m.tolerances.false_alarm_rate == 0.01
     assert (m.recording.noise_seeds, m.recording.repeats) == (4, 5)
 
 

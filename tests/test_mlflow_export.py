@@ -10,7 +10,8 @@ from pathlib import Path
 import nightly
 import pytest
 
-from harness import report, results
+from harness import runfolder
+from harness.analysis import report
 from harness.cli import main
 
 mlflow = pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
@@ -33,7 +34,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )  # fmt: skip
     run = nightly.write_night(tmp_path / "reports" / "runs", 0, cells)
     report.write_report(run)
-    tb = run / "tensorboard" / results.cell_filename(nightly.STEP_CELL)[: -len(".json")] / "train"
+    tb = run / "tensorboard" / runfolder.cell_filename(nightly.STEP_CELL)[: -len(".json")] / "train"
     tb.mkdir(parents=True)
     (tb / "events.out.tfevents.1.host.1.v2").write_bytes(b"\x00" * 16)
     return run
@@ -56,8 +57,8 @@ def test_export_round_trips_and_reexport_updates(run_dir: Path, tmp_path: Path, 
     # Artifacts beside the database, not in the current folder.
     assert exp.artifact_location == (tmp_path / "mlartifacts").resolve().as_uri()
     runs = client.search_runs([exp.experiment_id])
-    info = results.read_run(run_dir)
-    cells = {c.cell_id: c for c in results.read_cells(run_dir)}
+    info = runfolder.read_run(run_dir)
+    cells = {c.cell_id: c for c in runfolder.read_cells(run_dir)}
     assert sorted(r.data.tags["bench.cell_id"] for r in runs) == sorted(cells)
     by_cell = {r.data.tags["bench.cell_id"]: r for r in runs}
 
@@ -159,7 +160,7 @@ def test_export_to_a_local_folder(
     exp = client.get_experiment_by_name("transfer-bench-smoke")
     assert exp.artifact_location == (folder / "mlartifacts").as_uri()
     runs = {r.data.tags["bench.cell_id"]: r for r in client.search_runs([exp.experiment_id])}
-    cells = {c.cell_id: c for c in results.read_cells(run_dir)}
+    cells = {c.cell_id: c for c in runfolder.read_cells(run_dir)}
     assert sorted(runs) == sorted(cells)
     run, cell = runs[nightly.STEP_CELL], cells[nightly.STEP_CELL]
     history = client.get_metric_history(run.info.run_id, "val_accuracy")

@@ -29,7 +29,8 @@ from conftest import REPO
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from harness import baseline, compare, report, results
+from harness import results, runfolder
+from harness.analysis import baseline, compare, report
 from harness.errors import InputError
 from harness.manifest import load_manifest
 from harness.matrix import load_matrix, parse_matrix
@@ -208,7 +209,7 @@ CELL_DOC = json.loads(  # as on disk: lists, not tuples
 def test_cell_bytes_parse_or_input_error(tmp_path_factory, data: bytes) -> None:
     path = _write(tmp_path_factory.mktemp("c"), "cell.json", data)
     with contextlib.suppress(InputError):
-        results.read_cell(path)
+        runfolder.read_cell(path)
 
 
 @BOUNDED
@@ -221,7 +222,7 @@ def test_cell_bytes_parse_or_input_error(tmp_path_factory, data: bytes) -> None:
 def test_cell_values_parse_or_input_error(tmp_path_factory, doc: Any) -> None:
     path = _write(tmp_path_factory.mktemp("c"), "cell.json", _dump(doc))
     try:
-        cell = results.read_cell(path)
+        cell = runfolder.read_cell(path)
     except InputError:
         return
     # What parses is usable: written back, compared with the original cell, tabled.
@@ -251,8 +252,8 @@ def accepted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
 
 def _compare_renders(run_dir: Path, path: Path) -> None:
     base = baseline.load(path)
-    info = results.read_run(run_dir)
-    comparison = compare.compare_cells(info, results.read_cells(run_dir), base)
+    info = runfolder.read_run(run_dir)
+    comparison = compare.compare_cells(info, runfolder.read_cells(run_dir), base)
     compare.render_table(comparison)
     json.loads(compare.render_json(comparison))
 

@@ -9,7 +9,7 @@ import matplotlib.image
 import pytest
 import runkit
 
-from harness import baseline
+from harness.analysis import baseline
 from harness.cli import main
 
 

@@ -21,7 +21,7 @@ import pytest
 import runkit
 from conftest import BENCH, REPO
 
-from harness import orchestrate, results
+from harness import results, runfolder
 from harness.cli import build_parser
 from harness.commands import run as run_command
 from harness.errors import InputError
@@ -139,12 +139,12 @@ def test_a_folder_with_our_lock_only_or_run_json_is_a_run_folder(tmp_path: Path)
     started = tmp_path / "started"
     started.mkdir()
     (started / ".lock").write_text("123 bench all\n")
-    orchestrate._check_run_folder(started)  # accepted
+    runfolder.check_ours(started)  # accepted
     run_dir = runkit.write_run(tmp_path, [runkit.cell()], run_id="r")
-    orchestrate._check_run_folder(run_dir)
+    runfolder.check_ours(run_dir)
     (started / "notes.txt").write_text("mine")
     with pytest.raises(InputError, match=r"holds 'notes\.txt'"):
-        orchestrate._check_run_folder(started)
+        runfolder.check_ours(started)
 
 
 def test_a_cell_file_copied_under_another_cells_name_is_run_again(bench, tmp_path: Path):
@@ -157,10 +157,10 @@ def test_a_cell_file_copied_under_another_cells_name_is_run_again(bench, tmp_pat
     cells.mkdir(exist_ok=True)
     doc = {**results.to_dict(runkit.cell("synth-few", "scratch")), "kind": results.CELL_KIND}
     text = json.dumps({**doc, "schema": results.CELL_SCHEMA})
-    (cells / results.cell_filename(CELL)).write_text(text)
-    (cells / results.cell_filename(CELL2)).write_text(text)
+    (cells / runfolder.cell_filename(CELL)).write_text(text)
+    (cells / runfolder.cell_filename(CELL2)).write_text(text)
     with pytest.raises(InputError, match="holds the result of cell 'synth-few/scratch/"):
-        results.read_cells(runs / "copied")  # compare, report and history refuse it too
+        runfolder.read_cells(runs / "copied")  # compare, report and history refuse it too
     resumed = bench(*dry(runs, "copied", only=f"{CELL},{CELL2}"), "--resume")
     assert resumed.wait_for(f"{CELL2}: starting"), "".join(resumed.out)  # not "already done"
     assert f"{CELL}: already done" in "".join(resumed.out)

@@ -15,41 +15,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import tinymatrix
+from tinymatrix import SYNTHETIC, group
 
-from harness import results
+from harness import runfolder
 from harness.results import CellResult
 
-TINY = """
-[tolerances]
-accuracy_points = 5.0
-throughput_relative = 0.5
-[defaults]
-image_size = 32
-alpha = 0.35
-weights = "none"
-batch_size = 8
-steps_per_epoch = 3
-epochs = 2
-augmentation = "flip"
-warmup_steps = 1
-inference_batch = 8
-inference_steps = 2
-inference_warmup = 1
-"""
-
-SYNTHETIC = 'input = "synthetic"\nnum_classes = 3\n'
 REPO = Path(__file__).resolve().parent.parent
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
 
-def matrix_file(tmp_path: Path, groups: str) -> Path:
-    path = tmp_path / "tiny.toml"
-    path.write_text(TINY + groups)
-    return path
-
-
 def read(run_dir: Path, cell_id: str) -> CellResult:
-    return results.read_cell(run_dir / "cells" / results.cell_filename(cell_id))
+    return runfolder.read_cell(run_dir / "cells" / runfolder.cell_filename(cell_id))
 
 
 def learning_curve(res: CellResult) -> list[tuple]:
@@ -86,26 +63,11 @@ def test_same_seed_is_bit_identical_other_seed_differs(
 def test_sigkill_then_resume_keeps_finished_cells_and_completes(
     tmp_path: Path, bench_env: dict[str, str]
 ) -> None:
-    profile = matrix_file(
+    profile = tinymatrix.write(
         tmp_path,
-        """
-[[cells]]
-datasets = ["tiny"]
-strategies = ["feature-extract", "linear-probe"]
-precisions = ["float32"]
-seeds = [0]
-dense_units = 0
-"""
-        + SYNTHETIC
-        + """
-[[cells]]   # passes the pre-flight, fails in its process: the loss diverges (NaN)
-datasets = ["tiny"]
-strategies = ["fine-tune"]
-precisions = ["float32"]
-seeds = [0]
-learning_rate = 1e38
-"""
-        + SYNTHETIC,
+        group("tiny", ["feature-extract", "linear-probe"], dense_units=0, **SYNTHETIC),
+        # passes the pre-flight, fails in its process: the loss diverges (NaN)
+        group("tiny", "fine-tune", learning_rate=1e38, **SYNTHETIC),
     )
     runs = tmp_path / "runs"
     cmd = [
@@ -137,14 +99,14 @@ learning_rate = 1e38
     assert resumed.returncode == 1, resumed.stdout + resumed.stderr  # one cell fails
     for name, data in before.items():
         assert (cells_dir / name).read_bytes() == data, f"{name} changed on resume"
-    done = {p.name: results.read_cell(p) for p in cells_dir.glob("*.json")}
+    done = {p.name: runfolder.read_cell(p) for p in cells_dir.glob("*.json")}
     assert len(done) == 3
     failed = read(runs / "r", "tiny/fine-tune-random/float32/s0")
     assert failed.status == "failed" and "training diverged" in (failed.error or "")
     assert read(runs / "r", "tiny/feature-extract-random/float32/s0").ok
     probe = read(runs / "r", "tiny/linear-probe-random/float32/s0")
     assert probe.ok and probe.extra["feature_cache"]["images"] > 0
-    info = results.read_run(runs / "r")
+    info = runfolder.read_run(runs / "r")
     assert info.finished_at and len(info.cell_ids) == 3
     assert "failed: tiny/fine-tune-random/float32/s0" in resumed.stdout
 
@@ -171,16 +133,8 @@ def test_reference_dry_run_cell_is_full_size_and_says_so(tmp_path: Path, run_ben
 def test_mixed_float16_on_cpu_is_refused_before_the_run(tmp_path: Path, run_bench: Run) -> None:
     """A precision this machine cannot run is a pre-flight input error: one line, exit 2,
     and no run folder (nothing started)."""
-    profile = matrix_file(
-        tmp_path,
-        """
-[[cells]]
-datasets = ["tiny"]
-strategies = ["scratch"]
-precisions = ["mixed_float16"]
-seeds = [0]
-"""
-        + SYNTHETIC,
+    profile = tinymatrix.write(
+        tmp_path, group("tiny", "scratch", precisions=["mixed_float16"], **SYNTHETIC)
     )
     proc = run_bench("all", "--profile", str(profile), "--runs-dir", str(tmp_path), "--run-id", "p")
     if proc.returncode == 0:  # pragma: no cover
@@ -217,10 +171,8 @@ def test_list_json_is_the_resolved_matrix(run_bench: Run) -> None:
 def test_backend_axis_ids_and_the_backend_option(tmp_path: Path, run_bench: Run) -> None:
     """A ``backends`` axis: ids show the non-default backend; ``--backend`` picks its cells,
     and one that matches none of them is a one-line error (exit 2) before anything runs."""
-    profile = matrix_file(
-        tmp_path,
-        '[[cells]]\ndatasets = ["tiny"]\nstrategies = ["scratch"]\nprecisions = ["float32"]\n'
-        'seeds = [0]\nbackends = ["tensorflow", "jax"]\n' + SYNTHETIC,
+    profile = tinymatrix.write(
+        tmp_path, group("tiny", "scratch", backends=["tensorflow", "jax"], **SYNTHETIC)
     )
     listed = run_bench("list", "--profile", str(profile))
     assert listed.returncode == 0, listed.stderr

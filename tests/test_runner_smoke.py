@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import findings, results
+from harness import results, runfolder
+from harness.analysis import findings
 from harness.matrix import load_matrix
 
 REPO = Path(__file__).resolve().parent.parent
@@ -26,20 +27,20 @@ ENV_KEYS = {"harness_version", "git_commit", "backend", "cpu", "gpu", "manifest_
 
 
 def cell(run_dir: Path, cell_id: str) -> results.CellResult:
-    return results.read_cell(run_dir / "cells" / results.cell_filename(cell_id))
+    return runfolder.read_cell(run_dir / "cells" / runfolder.cell_filename(cell_id))
 
 
 @pytest.mark.slow
 def test_smoke_runs_every_cell_and_results_validate(smoke_run_dir: Path) -> None:
     matrix = load_matrix(str(REPO / "benchmarks" / "smoke.toml"))
-    info = results.read_run(smoke_run_dir)
+    info = runfolder.read_run(smoke_run_dir)
     assert info.profile == "smoke" and info.finished_at
     assert info.cell_ids == tuple(c.cell_id for c in matrix.cells)
     assert info.tolerances == {"accuracy_points": 10.0, "throughput_relative": 0.5}
     assert set(info.environment) >= ENV_KEYS
     assert info.manifest_digest == info.environment["manifest_digest"]
     assert len(info.matrix["cells"]) == 12
-    cells = results.read_cells(smoke_run_dir)
+    cells = runfolder.read_cells(smoke_run_dir)
     assert [c.cell_id for c in cells] == sorted(info.cell_ids)
     failed = {c.cell_id: c.error for c in cells if not c.ok}
     assert not failed, failed
@@ -107,7 +108,7 @@ def test_every_pretrained_cell_and_scratch_on_xray_beat_chance(smoke_run_dir: Pa
     """Every strategy with pretrained weights learned on every target (findings' binomial
     bar), and scratch on the 2-class x-ray target beats chance by a stated margin: 20 points
     (10 epochs at 1e-2 with BatchNorm momentum 0.9)."""
-    cells = results.read_cells(smoke_run_dir)
+    cells = runfolder.read_cells(smoke_run_dir)
     idle = [c.cell_id for c in cells if c.strategy != "scratch" and _did_not_learn(c)]
     assert not idle, idle
     xray = cell(smoke_run_dir, "synth-xray/scratch/float32/s0")

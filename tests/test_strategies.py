@@ -15,7 +15,8 @@ import keras
 import numpy as np
 import pytest
 
-from harness import backend, strategies
+from harness import backend
+from harness.cell import strategies
 from harness.matrix import BACKBONE_LAYERS, CellSpec, load_matrix
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""Streaming input (harness.streaming): same batches as in memory, flat memory, the path rule.
+"""Streaming input (harness.cell.streaming): same batches as in memory, flat memory, the path rule.
 
 - The streamed batches of an epoch are exactly the in-memory gather of the same seeded
   order (through the bare reader and through the Keras PyDataset with reader threads),
@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tinymatrix
 
-from harness import streaming
+from harness.cell import streaming
 from harness.datasets import cache
 from harness.datasets.loader import iterate_batches, open_split
 from harness.errors import InputError
@@ -165,7 +166,7 @@ PROBE = r"""
 import json, os, sys, threading, time
 import numpy as np
 import keras
-from harness import streaming
+from harness.cell import streaming
 from harness.datasets.loader import open_split
 
 def status(key):
@@ -252,33 +253,18 @@ def test_peak_memory_does_not_grow_with_the_dataset(data_dir: Path) -> None:
 
 # --- on the runner's path ------------------------------------------------------------------
 
-CELL_TOML = """\
-[profile]
-description = "test_streaming: one small real-data cell"
-
-[tolerances]
-accuracy_points = 100.0
-throughput_relative = 0.9
-
-[defaults]
-image_size = 32
-alpha = 0.35
-weights = "none"
-batch_size = 64
-epochs = 1
-augmentation = "none"
-dense_units = 0
-warmup_steps = 2
-inference_batch = 16
-inference_steps = 2
-inference_warmup = 1
-
-[[cells]]
-datasets = ["synth-xray"]
-strategies = ["feature-extract", "linear-probe"]
-precisions = ["float32"]
-seeds = [0]
-"""
+CELL_TOML = tinymatrix.toml(
+    tinymatrix.group("synth-xray", ["feature-extract", "linear-probe"]),
+    description="test_streaming: one small real-data cell",
+    tolerances={"accuracy_points": 100.0, "throughput_relative": 0.9},
+    drop=("steps_per_epoch",),
+    batch_size=64,
+    epochs=1,
+    augmentation="none",
+    dense_units=0,
+    warmup_steps=2,
+    inference_batch=16,
+)
 
 
 @pytest.mark.slow
@@ -311,8 +297,8 @@ def test_the_runner_streams_from_the_prepared_cache(
 
     import tomllib
 
+    from harness.cell.runner import load_data
     from harness.matrix import parse_matrix
-    from harness.runner import load_data
 
     cell = parse_matrix(tomllib.loads(CELL_TOML), path=profile, profile="p").cells[0]
     auto = load_data(cell)  # $BENCH_INPUT_PATH unset here: 3.5 MiB is read whole

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import results
-from harness import tensorboard as tb
+from harness import runfolder
+from harness.cell import tensorboard as tb
 
 TRAIN_TAGS = {"epoch_loss", "epoch_accuracy", "epoch_learning_rate", tb.STEP_TIME_TAG, tb.RATE_TAG}
 VALIDATION_TAGS = {"epoch_loss", "epoch_accuracy"}
@@ -32,7 +32,7 @@ def _scalars(mux: object, run: str, tag: str) -> dict[int, float]:
 def test_every_cell_writes_tensorboard_scalars(smoke_run_dir: Path):
     from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
-    cells = [c for c in results.read_cells(smoke_run_dir) if c.ok]
+    cells = [c for c in runfolder.read_cells(smoke_run_dir) if c.ok]
     assert cells, "the smoke run has no ok cell"
     mux = EventMultiplexer().AddRunsFromDirectory(str(smoke_run_dir))
     mux.Reload()

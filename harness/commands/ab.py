@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from harness import outputs
+from harness.commands import options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,12 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("base", metavar="BASE_REV", help="the revision to compare against (A)")
     p.add_argument("head", metavar="HEAD_REV", nargs="?", default="HEAD", help="default: HEAD")
-    p.add_argument(
-        "--profile",
-        default=None,
-        help="matrix name in benchmarks/ (or a .toml path); default $BENCH_PROFILE or smoke",
-    )
-    p.add_argument("--only", default=None, help="cell-id glob(s) or substring(s), comma-separated")
+    options.profile(p)
+    options.only(p)
     p.add_argument(
         "--rounds",
         type=int,
@@ -55,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="compare even when a revision's uv.lock differs from this environment's",
     )
-    p.add_argument("--json", action="store_true", help="machine-readable verdicts and samples")
+    options.json(p, "machine-readable verdicts and samples")
     p.add_argument(
         "--record",
         type=outputs.option(outputs.AB_RECORD, "--record"),

@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from harness.commands import options
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("baseline", help="manage stored baselines (reports/baselines/)")
@@ -21,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "with failed cells unless --force."
         ),
     )
-    accept.add_argument("run", metavar="RUN", help="run id under reports/runs/, or a run folder")
+    options.run(accept)
     accept.add_argument("--force", action="store_true", help="accept even if some cells failed")
     from harness import outputs
 
@@ -32,8 +34,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="write here instead of the default path (a file that is not a baseline is refused)",
     )
     accept.set_defaults(func=run_accept)
-
-    from harness.commands.run import register_run_args, scale_args
 
     record = actions.add_parser(
         "record",
@@ -47,25 +47,26 @@ def register(sub: argparse._SubParsersAction) -> None:
             "are judged against."
         ),
     )
-    register_run_args(record)
+    options.run_cells(record)
     record.add_argument(
         "--resume", action="store_true", help="complete an interrupted recording (same options)"
     )
-    scale_args(record)
+    options.scale_out(record)
     record.set_defaults(func=run_record, parser=record)
 
 
 def run_accept(args: argparse.Namespace) -> int:
-    from harness import baseline  # here, so that `bench --help` stays quick
+    from harness import runfolder  # here, so that `bench --help` stays quick
+    from harness.analysis import baseline
 
-    run_dir = baseline.resolve_run_dir(args.run)
+    run_dir = runfolder.resolve(args.run)
     path, base = baseline.accept(run_dir, force=args.force, path=args.output)
     _say_accepted(path, base)
     return 0
 
 
 def _say_accepted(path: Path, base: Any) -> None:
-    from harness import baseline
+    from harness.analysis import baseline
 
     failed = sum(1 for c in base.cells if c.status == "failed")
     note = f" (forced: {failed} failed cell(s) included)" if failed else ""
@@ -80,7 +81,7 @@ def _say_accepted(path: Path, base: Any) -> None:
 
 
 def run_record(args: argparse.Namespace) -> int:
-    from harness import baseline
+    from harness.analysis import baseline
     from harness.commands.run import execute
     from harness.errors import EXIT_OK
     from harness.matrix import default_profile, load_matrix

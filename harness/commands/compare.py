@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from harness.commands import options
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -23,15 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             "were compared than min_compared asks; 2 on bad input; else 0."
         ),
     )
-    p.add_argument("run", metavar="RUN", help="run id under reports/runs/, or a run folder")
-    p.add_argument(
-        "--baseline",
-        type=Path,
-        metavar="FILE",
-        help="baseline file or run folder (default: the stored baseline of the run's key, "
-        "else another of its profile's)",
-    )
-    p.add_argument("--json", action="store_true", help="print machine-readable verdicts")
+    options.run(p)
+    options.baseline(p, metavar="FILE")
+    options.json(p, "print machine-readable verdicts")
     p.add_argument(
         "--accuracy-only",
         action="store_true",
@@ -42,11 +38,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness import baseline, compare  # here: `bench --help` stays quick
+    from harness import runfolder  # here: `bench --help` stays quick
+    from harness.analysis import baseline, compare
     from harness.errors import InputError
     from harness.history import gate
 
-    run_dir = baseline.resolve_run_dir(args.run)
+    run_dir = runfolder.resolve(args.run)
     comparison = gate.comparison(run_dir, args.baseline, accuracy_only=args.accuracy_only)
     if comparison is None:
         info_profile = _profile(run_dir)
@@ -59,6 +56,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _profile(run_dir: Path) -> str:
-    from harness import results
+    from harness import runfolder
 
-    return results.read_run(run_dir).profile
+    return runfolder.read_run(run_dir).profile

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from harness import outputs, paths
+from harness.commands import options
 from harness.errors import EXIT_OK
 
 
@@ -28,20 +28,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="output folder: new, empty, or an earlier dashboard (replaced)",
     )
-    p.add_argument("--runs-dir", type=Path, default=None, help="default: reports/runs")
-    p.add_argument(
-        "--db",
-        type=outputs.option(outputs.HISTORY_INDEX, "--db"),
-        default=None,
-        help="index file (default: <runs-dir>/.history.sqlite); an existing file that is not "
-        "an index of this harness is refused, never replaced",
-    )
-    p.add_argument("--profile", default=None, help="default: the profile of the newest run")
-    p.add_argument(
-        "--baseline",
-        type=Path,
-        metavar="FILE",
+    options.runs_dir(p)
+    options.history_db(p)
+    options.profile(p, help="default: the profile of the newest run")
+    options.baseline(
+        p,
         help="baseline for the verdicts (default: reports/baselines/<profile>.json if it exists)",
+        metavar="FILE",
     )
     p.set_defaults(func=run)
 

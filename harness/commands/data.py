@@ -13,6 +13,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+from harness.commands import options
 from harness.datasets import archives, cache
 from harness.errors import InputError, IntegrityError
 from harness.manifest import (
@@ -32,24 +33,36 @@ def register(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="list, fetch, prepare, verify and pin datasets and weights")
     dsub = data.add_subparsers(dest="data_command", metavar="ACTION")
     dsub.required = True
-
     p = dsub.add_parser("list", help="every dataset and weights entry with its status")
-    p.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
+    options.json(p, "print a JSON array instead of a table")
     p.set_defaults(func=cmd_list)
+    _register_fetch(dsub)
+    _register_prepare(dsub)
+    p = dsub.add_parser("verify", help="re-hash archives, weights and prepared caches")
+    p.add_argument("names", nargs="*", metavar="NAME", help="default: everything present")
+    p.add_argument("--allow-unpinned", action="store_true", help="do not fail on unpinned files")
+    p.set_defaults(func=cmd_verify)
+    p = dsub.add_parser("pin", help="record the sha256 of what was fetched (or prepared)")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--image-size", type=int, metavar="N", help="also pin this prepared cache")
+    p.set_defaults(func=cmd_pin)
+    _register_add(dsub)
 
-    def profile_args(p: argparse.ArgumentParser, what: str) -> None:
-        p.add_argument(
-            "--profile",
-            default=None,
-            metavar="P",
-            help=f"{what} everything matrix P (a name in benchmarks/ or a .toml path) needs",
-        )
-        p.add_argument(
-            "--skip-unavailable",
-            action="store_true",
-            help="with --profile: skip (and name) datasets whose local archive is not here",
-        )
 
+def _profile_args(p: argparse.ArgumentParser, what: str) -> None:
+    options.profile(
+        p,
+        help=f"{what} everything matrix P (a name in benchmarks/ or a .toml path) needs",
+        metavar="P",
+    )
+    p.add_argument(
+        "--skip-unavailable",
+        action="store_true",
+        help="with --profile: skip (and name) datasets whose local archive is not here",
+    )
+
+
+def _register_fetch(dsub: argparse._SubParsersAction) -> None:
     p = dsub.add_parser("fetch", help="download (or copy --from) and verify, then extract safely")
     p.add_argument("names", nargs="*", metavar="NAME")
     p.add_argument(
@@ -60,9 +73,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="a local archive, or a folder (packed into a reproducible tar)",
     )
     p.add_argument("--allow-unpinned", action="store_true", help="accept a file with no hash")
-    profile_args(p, "fetch")
+    _profile_args(p, "fetch")
     p.set_defaults(func=cmd_fetch)
 
+
+def _register_prepare(dsub: argparse._SubParsersAction) -> None:
     p = dsub.add_parser("prepare", help="decode and resize once into the uint8 cache")
     p.add_argument("names", nargs="*", metavar="NAME")
     p.add_argument(
@@ -73,7 +88,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"square side in pixels (repeatable; default {DEFAULT_IMAGE_SIZE}; with "
         "--profile: the sizes its cells use)",
     )
-    profile_args(p, "prepare")
+    _profile_args(p, "prepare")
     p.add_argument("--workers", type=int, default=None, help="decode processes (default: cores)")
     p.add_argument(
         "--skip-corrupt",
@@ -83,16 +98,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-unpinned", action="store_true", help="accept an unpinned archive")
     p.set_defaults(func=cmd_prepare)
 
-    p = dsub.add_parser("verify", help="re-hash archives, weights and prepared caches")
-    p.add_argument("names", nargs="*", metavar="NAME", help="default: everything present")
-    p.add_argument("--allow-unpinned", action="store_true", help="do not fail on unpinned files")
-    p.set_defaults(func=cmd_verify)
 
-    p = dsub.add_parser("pin", help="record the sha256 of what was fetched (or prepared)")
-    p.add_argument("name", metavar="NAME")
-    p.add_argument("--image-size", type=int, metavar="N", help="also pin this prepared cache")
-    p.set_defaults(func=cmd_pin)
-
+def _register_add(dsub: argparse._SubParsersAction) -> None:
     p = dsub.add_parser(
         "add",
         help="add your own dataset: inspect a folder, archive or URL; write a pinned entry",
@@ -188,14 +195,14 @@ def ignored_line(names: tuple[str, ...] | list[str]) -> str:
 
 def _profile_needs(profile: str) -> Any:
     from harness.matrix import load_matrix
-    from harness.preflight import profile_needs
+    from harness.run.preflight import profile_needs
 
     return profile_needs(load_matrix(profile).cells)
 
 
 def _missing_local(name: str, manifest: Any) -> str | None:
     """Why dataset ``name`` cannot be fetched here (a local archive not supplied), if so."""
-    from harness.preflight import root_of
+    from harness.run.preflight import root_of
 
     root = root_of(manifest.dataset(name), manifest)
     source = root.source
@@ -299,8 +306,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
+    from harness.analysis.findings import SMALL_TRAIN_IMAGES
     from harness.datasets.add import add_dataset, parse_regime, parse_val_from_train
-    from harness.findings import SMALL_TRAIN_IMAGES
 
     added = add_dataset(
         args.name,

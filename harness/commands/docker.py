@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harness import container
+from harness import container, provenance
+from harness.commands import options
 from harness.errors import InputError
 
 
@@ -93,7 +94,7 @@ def register(sub: Any) -> None:
         "info",
         help="engine, GPUs and images (on the host); build provenance (in the image)",
     )
-    info.add_argument("--json", action="store_true", help="print JSON")
+    options.json(info, "print JSON")
     info.set_defaults(func=_info)
 
 
@@ -137,7 +138,7 @@ def _user(value: str | None) -> str | None:
 
 
 def _info(args: argparse.Namespace) -> int:
-    inside = container.container_fingerprint()
+    inside = provenance.container_fingerprint()
     if inside is not None:
         report: dict[str, Any] = {"where": "container", **inside}
     else:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from harness import baseline, outputs
+from harness import outputs, runfolder
+from harness.commands import options
 from harness.errors import EXIT_OK, InputError
 
 
@@ -30,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Needs the mlflow extra."
         ),
     )
-    m.add_argument("run", metavar="RUN", help="run id under reports/runs/, or a run folder")
+    options.run(m)
     m.add_argument(
         "--tracking-uri",
         "--uri",
@@ -59,6 +60,6 @@ def run_mlflow(args: argparse.Namespace) -> int:
         )
     if not args.tracking_uri:
         outputs.check_mlflow_uri(uri, option="MLFLOW_TRACKING_URI=")
-    run_dir = baseline.resolve_run_dir(args.run)
+    run_dir = runfolder.resolve(args.run)
     print(mlflow_export.export_run(run_dir, tracking_uri=uri, experiment=args.experiment).summary())
     return EXIT_OK

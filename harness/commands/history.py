@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from tabulate import tabulate
 
-from harness import history, jsonio, outputs, paths
+from harness import history, jsonio, paths
+from harness.commands import options
 from harness.errors import EXIT_OK
 
 HISTORY_KIND = "transfer-bench.history"
@@ -26,19 +26,13 @@ def register(sub: argparse._SubParsersAction) -> None:
             "truth, so the database can be deleted and rebuilt). Then show, per cell and "
             "metric, one series per hardware identity and lock digest, with the steps found "
             "by PELT (ruptures, L1 cost, penalty 2 * b * ln(n) with b the robust noise "
-            "scale; see harness/steps.py): each named by the first run and commit on the new "
-            "level, with its size."
+            "scale; see harness/history/steps.py): each named by the first run and commit on "
+            "the new level, with its size."
         ),
     )
-    p.add_argument("--runs-dir", type=Path, default=None, help="default: reports/runs")
-    p.add_argument(
-        "--db",
-        type=outputs.option(outputs.HISTORY_INDEX, "--db"),
-        default=None,
-        help="index file (default: <runs-dir>/.history.sqlite); an existing file that is not "
-        "an index of this harness is refused, never replaced",
-    )
-    p.add_argument("--profile", default=None, help="only the runs of this profile")
+    options.runs_dir(p)
+    options.history_db(p)
+    options.profile(p, help="only the runs of this profile")
     p.add_argument("--cell", default=None, help="cell-id glob(s) or substring(s), comma-separated")
     p.add_argument(
         "--metric",
@@ -51,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--steps-only", action="store_true", help="only the series that have steps")
     p.add_argument("--rebuild", action="store_true", help="delete the index and rebuild it")
-    p.add_argument("--json", action="store_true", help="the series and steps as JSON")
+    options.json(p, "the series and steps as JSON")
     p.set_defaults(func=run)
 
 

@@ -17,31 +17,25 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from harness import fsio, jsonio, paths, results
+from harness import fsio, paths, results, runfolder
+from harness.commands import options
 from harness.errors import EXIT_OK, InputError
 
-COPIED = ("cells", "repeats", "logs", "tensorboard")
+COPIED = (runfolder.CELLS, runfolder.REPEATS, runfolder.LOGS, runfolder.TENSORBOARD)
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("merge", help="combine shard runs (bench all --shard i/n) into one run")
     p.add_argument("runs", nargs="+", help="run folders, or run ids under --runs-dir")
     p.add_argument("--out", required=True, help="the merged run: a folder, or a run id")
-    p.add_argument("--runs-dir", type=Path, default=None, help="default: reports/runs")
+    options.runs_dir(p)
     p.set_defaults(func=cmd_merge)
-
-
-def _folder(text: str, runs_dir: Path) -> Path:
-    path = Path(text)
-    if (path / "run.json").is_file() or "/" in text:
-        return path
-    return runs_dir / text
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
     runs_dir = Path(args.runs_dir) if args.runs_dir else paths.runs_dir()
-    inputs = [_folder(r, runs_dir) for r in args.runs]
-    out = _folder(args.out, runs_dir)
+    inputs = [runfolder.locate(r, runs_dir) for r in args.runs]
+    out = runfolder.locate(args.out, runs_dir)
     merged = merge(inputs, out)
     print(f"merged {len(inputs)} runs ({len(merged.cell_ids)} cells) -> {out}")
     return EXIT_OK
@@ -80,9 +74,9 @@ def merge(inputs: list[Path], out: Path) -> results.RunInfo:
         raise InputError("bench merge: a run is named twice")
     infos = []
     for path in inputs:
-        if not (path / "run.json").is_file():
+        if not runfolder.is_run(path):
             raise InputError(f"bench merge: {path} is not a run folder (no run.json)")
-        infos.append((path, results.read_run(path)))
+        infos.append((path, runfolder.read_run(path)))
     check_compatible(infos)
     if out.exists():
         raise InputError(f"bench merge: --out {out} already exists; choose another")
@@ -127,7 +121,7 @@ def merge(inputs: list[Path], out: Path) -> results.RunInfo:
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst)
     _merge_processes(inputs, out)
-    results.write_run(out, info)
+    runfolder.write_run(out, info)
     return info
 
 
@@ -141,17 +135,10 @@ def _cell_id(spec: dict[str, Any]) -> str | None:
 
 
 def _merge_processes(inputs: list[Path], out: Path) -> None:
-    from harness.orchestrate import PROCESS_KIND, PROCESS_SCHEMA
-
     rows: list[Any] = []
     for path in inputs:
         try:
-            data = jsonio.read_json(
-                path / "processes.json", kind=PROCESS_KIND, schema=PROCESS_SCHEMA
-            )
+            rows += runfolder.read_processes(path)
         except InputError:
             continue
-        rows += data.get("cells") or []
-    jsonio.write_json(
-        out / "processes.json", {"cells": rows}, kind=PROCESS_KIND, schema=PROCESS_SCHEMA
-    )
+    runfolder.write_processes(out, rows)

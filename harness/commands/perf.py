@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from harness.commands import options
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -21,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "target is missed, 2 on bad usage, else 0."
         ),
     )
-    p.add_argument("--json", action="store_true", help="machine-readable figures")
+    options.json(p, "machine-readable figures")
     p.add_argument(
         "--quick",
         action="store_true",

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from harness import outputs
+from harness.commands import options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,13 +17,12 @@ def register(sub: argparse._SubParsersAction) -> None:
             "baseline verdicts when a baseline exists, the environment, and PNG plots."
         ),
     )
-    p.add_argument("run", metavar="RUN", help="run id under reports/runs/, or a run folder")
-    p.add_argument(
-        "--baseline",
-        type=Path,
-        metavar="FILE",
+    options.run(p)
+    options.baseline(
+        p,
         help="baseline file or run folder (default: the stored baseline of the run's key, "
         "else another of its profile's, if any)",
+        metavar="FILE",
     )
     p.add_argument(
         "--out",
@@ -37,11 +36,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     # Imported here, not at the top: matplotlib costs seconds, and `bench --help` or
     # `bench --version` import every command module.
-    from harness import baseline, report, results
+    from harness import runfolder
+    from harness.analysis import baseline, report
     from harness.history import gate
 
-    run_dir = baseline.resolve_run_dir(args.run)
-    info = results.read_run(run_dir)
+    run_dir = runfolder.resolve(args.run)
+    info = runfolder.read_run(run_dir)
     comparison = gate.comparison(run_dir, args.baseline)
     out = report.write_report(run_dir, comparison=comparison, out_dir=args.out)
     print(f"report: {out}")

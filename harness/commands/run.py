@@ -1,7 +1,7 @@
 """``bench all``, ``bench run CELL``, ``bench list``, ``bench env``: running matrices.
 
 Thin on purpose: argument parsing and printing here; the work is in
-:mod:`harness.matrix` and :func:`harness.orchestrate.run_matrix`.
+:mod:`harness.matrix` and :func:`harness.run.orchestrate.run_matrix`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import outputs
+from harness.commands import options
 from harness.errors import EXIT_FAILURE, EXIT_OK, RunStopped
 from harness.matrix import default_profile, load_matrix
 
@@ -21,44 +22,13 @@ LIST_KIND, LIST_SCHEMA = "transfer-bench.matrix", 1
 ENV_KIND, ENV_SCHEMA = "transfer-bench.environment", 1
 
 
-def profile_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--profile",
-        default=None,
-        help="matrix name in benchmarks/ (or a .toml path); default $BENCH_PROFILE or smoke",
-    )
-
-
-def register_run_args(p: argparse.ArgumentParser) -> None:
-    """The options of every command that runs cells (bench all / run / baseline record)."""
-    profile_arg(p)
-    p.add_argument("--run-id", default=None, help="run folder name (default: UTC time-profile)")
-    p.add_argument("--runs-dir", type=Path, default=None, help="default: reports/runs")
-    p.add_argument("--backend", default=None, help="Keras backend: tensorflow, jax or torch")
-    p.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="build every model at full size, run a couple of steps on random stand-ins",
-    )
-    p.add_argument("--allow-unpinned", action="store_true", help="accept unpinned inputs")
-    p.add_argument(
-        "--skip-unavailable",
-        action="store_true",
-        help="record cells whose backend, precision or data is not available here as "
-        "skipped (with the reason) instead of stopping before the run (exit 2)",
-    )
-
-
 def register(sub: Any) -> None:
-    run_args = register_run_args
     p = sub.add_parser("all", help="run every cell of a matrix (each in its own process)")
-    run_args(p)
-    p.add_argument("--only", default=None, help="cell-id glob(s) or substring(s), comma-separated")
+    options.run_cells(p)
+    options.only(p)
     p.add_argument("--resume", action="store_true", help="complete a run: skip finished cells")
-    p.add_argument(
-        "--baseline",
-        type=Path,
-        default=None,
+    options.baseline(
+        p,
         help="baseline file or run folder to compare with at the end (default: the stored "
         "baseline of this run's key in reports/baselines/<profile>/, else another of the "
         "profile's, statistically)",
@@ -77,20 +47,20 @@ def register(sub: Any) -> None:
         help="at the end, export the run to MLflow (e.g. sqlite:///mlflow.db or "
         "http://127.0.0.1:5000; needs the mlflow extra)",
     )
-    scale_args(p)
+    options.scale_out(p)
     p.set_defaults(func=cmd_all, parser=p)
 
     p = sub.add_parser("run", help="run one cell of a matrix by its id")
     p.add_argument("cell", help="cell id, e.g. synth-few/fine-tune/float32/s0")
-    run_args(p)
+    options.run_cells(p)
     p.add_argument(
         "--resume", action="store_true", help="complete a stopped run: skip the cell if done"
     )
     p.set_defaults(func=cmd_run, parser=p)
 
     p = sub.add_parser("list", help="list the cells of a matrix")
-    profile_arg(p)
-    p.add_argument("--json", action="store_true", help="the resolved matrix as JSON")
+    options.profile(p)
+    options.json(p, "the resolved matrix as JSON")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("env", help="print the environment fingerprint (JSON)")
@@ -98,46 +68,10 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_env)
 
 
-def scale_args(p: argparse.ArgumentParser) -> None:
-    """Where the cells run (harness.executors; docs/scale-out.md)."""
-    p.add_argument(
-        "--jobs",
-        type=int,
-        default=None,
-        metavar="N",
-        help="run N cells at once on this machine, the CPU cores divided between them "
-        "(their throughput is marked as measured under sharing)",
-    )
-    p.add_argument(
-        "--devices",
-        default=None,
-        metavar="LIST",
-        help="one cell per GPU at a time, pinned with CUDA_VISIBLE_DEVICES: 0,1,2,3 or 'all'",
-    )
-    p.add_argument(
-        "--executor",
-        default=None,
-        choices=("serial", "local", "dask"),
-        help="where cells run (default: serial, or what --jobs/--devices/--scheduler imply)",
-    )
-    p.add_argument(
-        "--scheduler",
-        default=None,
-        metavar="tcp://HOST:PORT",
-        help="the dask.distributed scheduler of an existing cluster (--executor dask)",
-    )
-    p.add_argument(
-        "--shard",
-        default=None,
-        metavar="I/N",
-        help="run a stable 1/N of the cells (shard I of N); combine runs with `bench merge`",
-    )
-
-
 def _executor(args: argparse.Namespace) -> tuple[Any, Any]:
     """The executor and shard the options ask for (InputError, one line, when bad)."""
     from harness.executors import from_options
-    from harness.executors.shard import parse_shard
+    from harness.run.shard import parse_shard
 
     shard = parse_shard(args.shard) if getattr(args, "shard", None) is not None else None
     executor = from_options(
@@ -146,7 +80,7 @@ def _executor(args: argparse.Namespace) -> tuple[Any, Any]:
         devices=getattr(args, "devices", None),
         scheduler=getattr(args, "scheduler", None),
     )
-    from harness.preflight import check_devices
+    from harness.run.preflight import check_devices
 
     check_devices(getattr(executor, "devices", None), getattr(args, "backend", None))
     return executor, shard
@@ -158,7 +92,7 @@ def execute(args: argparse.Namespace, matrix: Any, cells: Any, resume: bool) -> 
 
 
 def _run(args: argparse.Namespace, matrix: Any, cells: Any, resume: bool) -> tuple[Path, int]:
-    from harness.orchestrate import run_matrix
+    from harness.run.orchestrate import run_matrix
 
     executor, shard = _executor(args)
     try:
@@ -196,7 +130,9 @@ def _run(args: argparse.Namespace, matrix: Any, cells: Any, resume: bool) -> tup
 
 def _resume_hint(args: argparse.Namespace, stopped: RunStopped) -> str:
     """The exact command that completes a stopped run (or why there is none)."""
-    if not (Path(stopped.run_dir) / "run.json").is_file():
+    from harness import runfolder
+
+    if not runfolder.is_run(Path(stopped.run_dir)):
         return "nothing was recorded; start the run again"
     return f"resume with: {shlex.join(resume_command(args, stopped.run_id))}"
 
@@ -229,13 +165,13 @@ def resume_command(args: argparse.Namespace, run_id: str) -> list[str]:
 
 
 def cmd_all(args: argparse.Namespace) -> int:
-    """Run the matrix, then the end-of-run pipeline (harness.pipeline): compare with the
+    """Run the matrix, then the end-of-run pipeline (harness.run.pipeline): compare with the
     stored baseline, write the report, update the history index, export to MLflow if asked."""
     matrix = load_matrix(args.profile or default_profile())
     run_dir, code = _run(args, matrix, matrix.select(args.only), args.resume)
     if args.dry_run:
         return code
-    from harness.pipeline import end_of_run
+    from harness.run.pipeline import end_of_run
 
     end = end_of_run(
         run_dir,

@@ -2,8 +2,8 @@
 
 What the page holds, for one profile (default: the profile of the newest run):
 
-* the latest run's results matrix and every cell (:mod:`harness.report`'s tables);
-* the baseline verdicts of the latest run (:mod:`harness.compare`), or why there are none;
+* the latest run's results matrix and every cell (:mod:`harness.analysis.report`'s tables);
+* the baseline verdicts of the latest run (:mod:`harness.analysis.compare`), or why there are none;
 * per-cell trend charts (:mod:`harness.dashboard.charts`) from the history index, one line
   per machine and lock, detected steps marked and listed;
 * the environment differences between any two runs (two selectors; the fingerprints are
@@ -31,7 +31,8 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-from harness import compare, history, outputs, report, results
+from harness import history, outputs, results, runfolder
+from harness.analysis import compare, report
 from harness.dashboard import charts
 from harness.errors import BenchError, InputError
 from harness.history import gate
@@ -128,8 +129,8 @@ def _script_json(data: Any) -> str:
 
 def _copy_report(run_dir: Path, dest: Path) -> bool:
     """Copy ``<run>/report`` (report.md + plots) into ``dest``; False if there is none."""
-    src = run_dir / "report"
-    if not (src / report.REPORT_NAME).is_file():
+    src = runfolder.report_dir(run_dir)
+    if not (src / runfolder.REPORT_NAME).is_file():
         return False
     shutil.copytree(src, dest)
     return True
@@ -166,8 +167,8 @@ def build_site(
 
     latest = next((r for r in reversed(runs) if not r.dry_run), runs[-1])  # numbers, not a check
     latest_dir = runs_dir / latest.folder
-    info = results.read_run(latest_dir)
-    cells = results.read_cells(latest_dir)
+    info = runfolder.read_run(latest_dir)
+    cells = runfolder.read_cells(latest_dir)
     notes: list[str] = []
     comparison, why_none = None, ""
     try:
@@ -257,7 +258,61 @@ def _render(
     envs: dict[str, dict[str, Any]],
     reports: dict[str, bool],
 ) -> str:
+    """The page: each section rendered by its own function, then put into page.html."""
     machines = sorted({s.machine for s in series} | {_machine(r) for r in runs})
+    headers, pivot = report.pivot_rows(cells)
+    n_steps = sum(len(s.steps) for s in series)
+    values = {
+        "profile": esc(profile),
+        "css": _asset("dashboard.css"),
+        "js": _asset("dashboard.js"),
+        "summary": esc(
+            f"{len(runs)} runs from {runs[0].started_at[:10]} to {runs[-1].started_at[:10]} on "
+            f"{len(machines)} machine/lock combination(s); {n_steps} step(s) detected. "
+            f"Generated {_now()}."
+        ),
+        "latest_run": esc(latest.run_id),
+        "latest_meta": _latest_meta(info, latest, reports),
+        "matrix": _table(headers, pivot, table_id="matrix"),
+        "cells": _table(list(report.MATRIX_HEADERS), report.matrix_rows(cells), table_id="cells"),
+        "verdicts": _verdicts_html(comparison, why_none),
+        "trends_intro": esc(
+            "One chart per cell: best validation accuracy, train and inference throughput "
+            "(images/s, median of measured steps) and peak memory, across the runs of this "
+            "profile in time order. One line per machine and lock; a dashed line marks a "
+            "step found by PELT (ruptures, L1 cost, penalty 2·b·ln n), at the first run of "
+            "the new level, labelled with its size."
+        ),
+        **_trends_section(series, runs, machines),
+        **_environment_section(runs, latest, envs),
+        "runs": _runs_table(runs, reports),
+        "footer": esc(
+            "Written by bench dashboard from the history index over the run folders "
+            "(the run folders are the source of truth). Self-contained: nothing is loaded "
+            "from the network."
+        ),
+    }
+    return Template(_asset("page.html")).substitute(values)
+
+
+def _latest_meta(info: results.RunInfo, latest: history.RunRow, reports: dict[str, bool]) -> str:
+    """The line under the latest run's name: when, which commit, where, how it went."""
+    link = (
+        f' · <a href="runs/{esc(latest.folder)}/report.md">report.md</a>'
+        if reports.get(latest.folder)
+        else ""
+    )
+    return (
+        f"started {esc(info.started_at)}, finished {esc(info.finished_at or '—')} · commit "
+        f"<code>{esc(info.git_commit or 'unknown')}</code> · {esc(_machine(latest))} · "
+        f"{latest.cells_ok} ok, {latest.cells_failed} failed{link}"
+    )
+
+
+def _trends_section(
+    series: list[history.Series], runs: list[history.RunRow], machines: list[str]
+) -> dict[str, str]:
+    """The trends: a legend of machines and one chart per cell with the steps found."""
     machine_index = {m: i for i, m in enumerate(machines)}
     legend = "".join(
         f'<li><span class="swatch" style="background:{charts.colour(i)}"></span>{esc(m)}</li>'
@@ -289,10 +344,17 @@ def _render(
             f'<div class="chart" role="img" aria-label="trends of {esc(cell_id)}">{svg}</div>'
             f"{steps_html}</article>"
         )
-    headers, pivot = report.pivot_rows(cells)
-    matrix = _table(headers, pivot, table_id="matrix")
-    cell_table = _table(list(report.MATRIX_HEADERS), report.matrix_rows(cells), table_id="cells")
+    return {
+        "legend": legend,
+        "trends": "".join(articles) or '<p class="none">no trends (no ok cells indexed)</p>',
+    }
 
+
+def _environment_section(
+    runs: list[history.RunRow], latest: history.RunRow, envs: dict[str, dict[str, Any]]
+) -> dict[str, str]:
+    """The environment differences: the latest run against the one before it (two run
+    pickers, the differing fingerprint keys, and every fingerprint for the page's script)."""
     flat = {digest: _flat_env(env) for digest, env in envs.items()}
     env_data = {"runs": {r.folder: r.environment_digest for r in runs}, "environments": flat}
     at = runs.index(latest)
@@ -317,14 +379,25 @@ def _render(
         f"{len(differing)} of {len(keys)} fingerprint keys differ between "
         f"{previous.folder} and {latest.folder}."
     )
-    runs_rows = []
+    return {
+        "options_a": options(previous.folder),
+        "options_b": options(latest.folder),
+        "env_summary": esc(env_summary),
+        "env_rows": env_rows,
+        "env_data": _script_json(env_data),
+    }
+
+
+def _runs_table(runs: list[history.RunRow], reports: dict[str, bool]) -> str:
+    """Every run of the profile, newest first, with a link to its report."""
+    rows = []
     for r in reversed(runs):
         link = (
             f'<a href="runs/{esc(r.folder)}/report.md">report.md</a>'
             if reports.get(r.folder)
             else '<span class="none">no report</span>'
         )
-        runs_rows.append(
+        rows.append(
             f'<tr data-run="{esc(r.folder)}"><td><code>{esc(r.run_id)}</code></td>'
             f"<td>{esc(r.started_at)}</td><td><code>{esc((r.git_commit or '—')[:12])}</code></td>"
             f"<td>{esc(_machine(r))}</td>"
@@ -332,57 +405,11 @@ def _render(
             f'<td class="num">{r.cells_other}</td>'
             f"<td>{'dry run' if r.dry_run else ''}</td><td>{link}</td></tr>"
         )
-    runs_table = (
+    return (
         '<table id="runs-table"><thead><tr><th>run</th><th>started</th><th>commit</th>'
         "<th>machine · lock</th><th>ok</th><th>failed</th><th>other</th><th></th>"
-        f"<th>report</th></tr></thead><tbody>{''.join(runs_rows)}</tbody></table>"
+        f"<th>report</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
     )
-    latest_link = (
-        f' · <a href="runs/{esc(latest.folder)}/report.md">report.md</a>'
-        if reports.get(latest.folder)
-        else ""
-    )
-    n_steps = sum(len(s.steps) for s in series)
-    values = {
-        "profile": esc(profile),
-        "css": _asset("dashboard.css"),
-        "js": _asset("dashboard.js"),
-        "summary": esc(
-            f"{len(runs)} runs from {runs[0].started_at[:10]} to {runs[-1].started_at[:10]} on "
-            f"{len(machines)} machine/lock combination(s); {n_steps} step(s) detected. "
-            f"Generated {_now()}."
-        ),
-        "latest_run": esc(latest.run_id),
-        "latest_meta": (
-            f"started {esc(info.started_at)}, finished {esc(info.finished_at or '—')} · commit "
-            f"<code>{esc(info.git_commit or 'unknown')}</code> · {esc(_machine(latest))} · "
-            f"{latest.cells_ok} ok, {latest.cells_failed} failed{latest_link}"
-        ),
-        "matrix": matrix,
-        "cells": cell_table,
-        "verdicts": _verdicts_html(comparison, why_none),
-        "trends_intro": esc(
-            "One chart per cell: best validation accuracy, train and inference throughput "
-            "(images/s, median of measured steps) and peak memory, across the runs of this "
-            "profile in time order. One line per machine and lock; a dashed line marks a "
-            "step found by PELT (ruptures, L1 cost, penalty 2·b·ln n), at the first run of "
-            "the new level, labelled with its size."
-        ),
-        "legend": legend,
-        "trends": "".join(articles) or '<p class="none">no trends (no ok cells indexed)</p>',
-        "options_a": options(previous.folder),
-        "options_b": options(latest.folder),
-        "env_summary": esc(env_summary),
-        "env_rows": env_rows,
-        "env_data": _script_json(env_data),
-        "runs": runs_table,
-        "footer": esc(
-            "Written by bench dashboard from the history index over the run folders "
-            "(the run folders are the source of truth). Self-contained: nothing is loaded "
-            "from the network."
-        ),
-    }
-    return Template(_asset("page.html")).substitute(values)
 
 
 def _direction(step: history.StepFound, spec: history.MetricSpec) -> str:

@@ -28,7 +28,6 @@ refused unless ``force``. Nothing is left behind by a refusal.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -39,13 +38,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from harness import jsonio
 from harness.datasets import archives, extract, layouts
 from harness.datasets.fetch import Pins, copy_local, download
 from harness.datasets.hashing import FileDigest
 from harness.datasets.platform_meta import is_platform_metadata
 from harness.errors import InputError
 from harness.manifest import (
+    MANIFEST,
     MANIFEST_KIND,
     MANIFEST_SCHEMA,
     MIN_CLASSES,
@@ -327,14 +326,14 @@ def add_dataset(
             regime or {}, entry_json["splits"]["train"], channels, small_train_images
         )
         entry = _entry(manifest, name, entry_json)
-        raw = json.loads(manifest.path.read_text())
+        raw = MANIFEST.read(manifest.path)
         raw.setdefault("datasets", {})[name] = entry_json
         parse_manifest(raw, manifest.path)
         dest = archives.archive_path(entry.source)  # type: ignore[arg-type]
         _swap_folder(extracted, archives.extracted_dir(name))
         os.replace(staged, dest)
         archives.write_record(entry, dest, "extracted", digest=got)
-        jsonio.write_json(manifest.path, raw, kind=MANIFEST_KIND, schema=MANIFEST_SCHEMA)
+        MANIFEST.write(manifest.path, raw)
         return Added(name, entry_json, dest, manifest.path, tuple(ignored))
     except InputError as exc:
         if str(work) not in exc.message:

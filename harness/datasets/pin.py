@@ -7,19 +7,16 @@ sha256) is refused rather than re-pinned; the manifest is rewritten atomically.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from harness import jsonio
 from harness.datasets import archives, cache
 from harness.datasets.hashing import hash_file, mismatch
 from harness.datasets.status import prepared_sizes
 from harness.datasets.weights import weights_path
 from harness.errors import InputError, IntegrityError
 from harness.manifest import (
-    MANIFEST_KIND,
-    MANIFEST_SCHEMA,
+    MANIFEST,
     DatasetEntry,
     FileSource,
     HttpsSource,
@@ -98,13 +95,13 @@ def plan_pin(name: str, image_size: int | None = None) -> list[Update]:
 def apply_updates(updates: list[Update]) -> Path:
     """Write ``updates`` into the manifest (re-read just now), atomically; re-validate it."""
     path = load_manifest().path
-    raw = json.loads(path.read_text())
+    raw = MANIFEST.read(path)
     for keys, value in updates:
         node = raw
         for key in keys[:-1]:
             node = node.setdefault(key, {})
         node[keys[-1]] = value
-    jsonio.write_json(path, raw, kind=MANIFEST_KIND, schema=MANIFEST_SCHEMA)
+    MANIFEST.write(path, raw)
     load_manifest(path)
     return path
 

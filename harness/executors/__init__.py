@@ -8,7 +8,7 @@ One interface (:class:`~harness.executors.base.Executor`), four ways to use it:
 - ``dask``: each cell a task on an existing ``dask.distributed`` cluster
   (``--executor dask --scheduler tcp://HOST:PORT``; :mod:`harness.executors.cluster`);
 - and, with any of them, ``--shard i/n``: a stable 1/n of the cells
-  (:mod:`harness.executors.shard`), merged back with ``bench merge``.
+  (:mod:`harness.run.shard`), merged back with ``bench merge``.
 
 An executor never changes what a cell computes: every one runs the same cell process
 command (:mod:`harness.executors.process`), and on a CPU in deterministic mode a cell's

@@ -1,7 +1,7 @@
 """The executor interface: where a cell's process runs, never what it computes.
 
-The orchestrator (:mod:`harness.orchestrate`) turns each cell still to run into a
-:class:`CellJob` (the arguments of ``python -m harness.cellproc`` and where its result and
+The orchestrator (:mod:`harness.run.orchestrate`) turns each cell still to run into a
+:class:`CellJob` (the arguments of ``python -m harness.cell.process`` and where its result and
 log go in the run folder) and hands the jobs to an :class:`Executor`. The executor runs
 each job's cell process somewhere and reports back through :class:`Hooks`, from any
 thread: ``started`` (where it runs), ``event`` (its progress lines), ``ended``
@@ -29,7 +29,7 @@ class CellJob:
 
     key: str  # unique in the run: the cell id, or "<cell id>#r<k>" for repeat k
     cell: CellSpec
-    args: tuple[str, ...]  # python -m harness.cellproc ARGS (no --run-dir, --spawned-at)
+    args: tuple[str, ...]  # python -m harness.cell.process ARGS (no --run-dir, --spawned-at)
     result_rel: str  # where the cell process writes its result, relative to the run folder
     log_rel: str  # where its output goes, relative to the run folder
     epochs: int  # for the progress display

@@ -1,14 +1,14 @@
-"""The cell process itself: ``python -m harness.cellproc``, started, streamed, stopped.
+"""The cell process itself: ``python -m harness.cell.process``, started, streamed, stopped.
 
 Every executor runs a cell the same way, through :func:`run`: the same command (this
-interpreter, ``-m harness.cellproc``, the run folder and the job's arguments), output
+interpreter, ``-m harness.cell.process``, the run folder and the job's arguments), output
 line by line into the cell's log, ``@@bench`` progress events handed to a callback, the
 last lines kept for the failure message. What differs between executors is only the
 environment it adds (``BENCH_PLACEMENT`` and thread or device settings) and where the
 run folder is (the driver's, or a temporary one on a Dask worker).
 
 The child dies with its parent: it is given ``BENCH_PARENT_PID`` and sets
-``PR_SET_PDEATHSIG`` itself (first thing in :mod:`harness.cellproc`), so no orphaned
+``PR_SET_PDEATHSIG`` itself (first thing in :mod:`harness.cell.process`), so no orphaned
 cell runs on and writes into a folder a resumed run is completing. A :class:`ProcessSet`
 stops every running cell at once (signals).
 """
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from harness import fsio
-from harness.cellproc import AFFINITY_ENV, EVENT_PREFIX, PARENT_ENV, PLACEMENT_ENV
+from harness.cell.process import AFFINITY_ENV, EVENT_PREFIX, PARENT_ENV, PLACEMENT_ENV
 
 __all__ = ["AFFINITY_ENV", "PLACEMENT_ENV", "ProcessEnd", "ProcessSet", "command", "run"]
 
@@ -90,7 +90,7 @@ def _terminate(proc: subprocess.Popen[str]) -> None:
 
 def command(run_dir: Path, args: tuple[str, ...] | list[str]) -> list[str]:
     """The cell process's command line (``--spawned-at`` is added at spawn)."""
-    return [sys.executable, "-m", "harness.cellproc", "--run-dir", str(run_dir), *args]
+    return [sys.executable, "-m", "harness.cell.process", "--run-dir", str(run_dir), *args]
 
 
 def run(

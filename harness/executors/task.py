@@ -2,7 +2,7 @@
 
 :func:`run_cell` is the task :mod:`harness.executors.cluster` submits. On the worker it
 runs the SAME command as every other executor (:func:`harness.executors.process.run`:
-``python -m harness.cellproc`` with the job's arguments), with this worker's interpreter
+``python -m harness.cell.process`` with the job's arguments), with this worker's interpreter
 and environment (its ``CUDA_VISIBLE_DEVICES``, its ``BENCH_DATA_DIR`` holding the prepared
 data), into a temporary run folder. It returns the cell's result (as the cell wrote it;
 the driver validates it), its log and its TensorBoard files, which the driver writes

@@ -50,8 +50,8 @@ from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
 from harness import env as env_mod
-from harness import results
-from harness.compare import flatten
+from harness import runfolder
+from harness.analysis.compare import flatten
 from harness.errors import InputError
 from harness.history.index import hardware_label, lock_digest
 from harness.results import CellResult, RunInfo
@@ -315,8 +315,8 @@ def export_run(
     from mlflow.exceptions import MlflowException
 
     run_dir = Path(run_dir)
-    info = results.read_run(run_dir)
-    cells = results.read_cells(run_dir)
+    info = runfolder.read_run(run_dir)
+    cells = runfolder.read_cells(run_dir)
     name = experiment or default_experiment(info.profile)
     store_uri, store_note = resolve_tracking_uri(tracking_uri)
     where = store_uri if store_uri == tracking_uri else f"{store_uri} (from {tracking_uri})"
@@ -399,12 +399,11 @@ def _export(
 
 
 def _log_artifacts(client: Any, run_id: str, run_dir: Path, cell: CellResult) -> None:
-    stem = results.cell_filename(cell.cell_id)[: -len(".json")]
-    client.log_artifact(run_id, str(run_dir / "cells" / f"{stem}.json"), "cell")
-    client.log_artifact(run_id, str(run_dir / "run.json"), "run")
-    report_dir = run_dir / "report"
-    if (report_dir / "report.md").is_file():
+    client.log_artifact(run_id, str(runfolder.cell_path(run_dir, cell.cell_id)), "cell")
+    client.log_artifact(run_id, str(run_dir / runfolder.RUN_JSON), "run")
+    report_dir = runfolder.report_dir(run_dir)
+    if (report_dir / runfolder.REPORT_NAME).is_file():
         client.log_artifacts(run_id, str(report_dir), "report")
-    tb_dir = run_dir / "tensorboard" / stem
+    tb_dir = runfolder.tensorboard_dir(run_dir, cell.cell_id)
     if tb_dir.is_dir():
         client.log_artifacts(run_id, str(tb_dir), "tensorboard")

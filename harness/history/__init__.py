@@ -3,7 +3,7 @@
 :mod:`harness.history.index` builds and updates the index (run folders stay the source of
 truth); :mod:`harness.history.trends` answers the questions: one series per cell, metric and
 machine (hardware identity + lock digest), ordered by time or commit, with its steps
-(:mod:`harness.steps`).
+(:mod:`harness.history.steps`).
 """
 
 from __future__ import annotations

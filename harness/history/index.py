@@ -1,7 +1,7 @@
 """The history index: an SQLite database over the run folders (runs, cells, metrics, environments).
 
 The run folders (``reports/runs/<run>/run.json`` + ``cells/*.json``, read through
-:mod:`harness.results`) are the source of truth; the database is a cache of them and can be
+:mod:`harness.runfolder`) are the source of truth; the database is a cache of them and can be
 deleted at any time. :func:`update_index` brings it up to date:
 
 * **Incremental**: a run is re-read only when its files changed. Its *signature* is the
@@ -38,12 +38,12 @@ from pathlib import Path
 from typing import Any
 
 from harness import env as env_mod
-from harness import fsio, outputs, results
+from harness import fsio, outputs, runfolder
 from harness.errors import InputError
 from harness.results import CellResult, RunInfo
 
 INDEX_SCHEMA = 1
-INDEX_KIND = "transfer-bench.history-index"  # in the meta table, from the first index on
+INDEX_KIND = outputs.HISTORY_INDEX_KIND  # in the meta table, from the first index on
 DB_NAME = ".history.sqlite"
 
 _DDL = """
@@ -186,9 +186,9 @@ def lock_digest(environment: dict[str, Any]) -> str | None:
 
 
 def _files(run_dir: Path) -> list[Path]:
-    cells = run_dir / "cells"
+    cells = run_dir / runfolder.CELLS
     found = sorted(cells.glob("*.json")) if cells.is_dir() else []
-    return [run_dir / "run.json", *found]
+    return [run_dir / runfolder.RUN_JSON, *found]
 
 
 def signature(run_dir: Path) -> str:
@@ -215,14 +215,15 @@ class _Parsed:
 
 def _parse(run_dir: Path, sig: str) -> _Parsed | Skip:
     try:
-        info = results.read_run(run_dir)
+        info = runfolder.read_run(run_dir)
     except InputError as exc:  # includes SchemaError: another kind or schema version
-        return Skip(str(run_dir / "run.json"), _reason(exc.message, run_dir / "run.json"))
+        where = run_dir / runfolder.RUN_JSON
+        return Skip(str(where), _reason(exc.message, where))
     cells: list[CellResult] = []
     skipped: list[Skip] = []
     for path in _files(run_dir)[1:]:
         try:
-            cells.append(results.read_cell(path))
+            cells.append(runfolder.read_cell(path))
         except InputError as exc:
             skipped.append(Skip(str(path), _reason(exc.message, path)))
     return _Parsed(run_dir.name, sig, info, tuple(cells), tuple(skipped))
@@ -287,29 +288,10 @@ def _now() -> str:
 
 
 def index_problem(path: Path) -> str | None:
-    """None when ``path`` is a history index of this harness (of any schema), else why not.
-
-    Ours: an SQLite database whose ``meta`` table says ``kind`` = :data:`INDEX_KIND`, or,
-    written before the kind was recorded, one with a ``meta`` schema row and our tables.
-    """
-    tables = outputs.sqlite_tables(Path(path))
-    if isinstance(tables, str):
-        return tables
-    if "meta" not in tables:
-        return "an SQLite database without a meta table"
-    try:
-        conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
-        try:
-            meta = {str(k): v for k, v in conn.execute("SELECT key, value FROM meta")}
-        finally:
-            conn.close()
-    except sqlite3.Error as exc:
-        return f"an SQLite database whose meta table cannot be read: {exc}"
-    if meta.get("kind") == INDEX_KIND:
-        return None
-    if "kind" not in meta and "schema" in meta and {"runs", "cells", "metrics"} <= tables:
-        return None
-    return f"an SQLite database of kind {meta.get('kind')!r}"
+    """None when ``path`` is a history index of this harness (of any schema), else why not
+    (:data:`harness.outputs.HISTORY_INDEX` recognises it: its ``meta`` table names
+    :data:`INDEX_KIND`, or, written before the kind was recorded, our tables)."""
+    return outputs.HISTORY_INDEX.recognise(Path(path))
 
 
 def open_index(db_path: Path, *, owned: bool = False) -> tuple[sqlite3.Connection, str | None]:
@@ -402,7 +384,7 @@ def _update(
         if folder not in stored and old_sig == sig:  # still unusable, unchanged
             skipped += old_skips
             continue
-        if not (run_dir / "run.json").is_file():
+        if not runfolder.is_run(run_dir):
             skip = Skip(str(run_dir), "no run.json (not a run folder, or a run that never started)")
             to_skip.append((folder, sig, skip))
             skipped.append(skip)

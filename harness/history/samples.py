@@ -1,9 +1,9 @@
 """Recent throughput of the same cells on the same reproducibility key: the gate's history.
 
 conbench gates a benchmark on a z-score against the last N runs of the same hardware;
-:mod:`harness.compare` does the same with what this returns: for each cell of a run, the
+:mod:`harness.analysis.compare` does the same with what this returns: for each cell of a run, the
 train and inference images/s of the last ``limit`` runs of its profile on its run key
-(:mod:`harness.reprokey`), with the same cell config, not dry runs, not measured while
+(:mod:`harness.analysis.reprokey`), with the same cell config, not dry runs, not measured while
 cells shared the CPU, and not the run being judged. Read only: a missing or unreadable
 index means no history (the baseline's repeats then carry the noise alone).
 """
@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from harness import reprokey
+from harness.analysis import reprokey
 
 PHASE_METRICS: dict[str, str] = {
     "train": "train_images_per_s",

@@ -10,7 +10,7 @@ Order is by run start time, or by commit: the position of the run's git commit i
 matched by prefix), runs of one commit by time, and runs whose commit is not in that history
 after all the others, by time.
 
-Steps are found by :func:`harness.steps.detect_steps` (PELT, L1 cost; see there), with a
+Steps are found by :func:`harness.history.steps.detect_steps` (PELT, L1 cost; see there), with a
 model per metric (:data:`METRICS`): rates, memory and time on a log scale (steps are
 ratios), accuracies linearly (steps in points).
 """
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import InputError
-from harness.steps import Step, StepModel, detect_steps
+from harness.history.steps import Step, StepModel, detect_steps
 
 ORDERS = ("time", "commit")
 

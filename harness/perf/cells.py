@@ -127,7 +127,7 @@ def run_cell(
 ) -> tuple[Any, float | None]:
     """``bench run CELL`` of ``profile`` into ``workdir/runs/run_id``: its result and its
     process start cost (BenchError naming the cell when it fails)."""
-    from harness import results
+    from harness import runfolder
 
     runs = workdir / "runs"
     cmd = [
@@ -136,16 +136,16 @@ def run_cell(
     ]  # fmt: skip
     proc = subprocess.run(cmd, env=cell_env(workdir, **env), capture_output=True, text=True)
     run_dir = runs / run_id
-    path = run_dir / "cells" / results.cell_filename(cell_id)
+    path = runfolder.cell_path(run_dir, cell_id)
     if proc.returncode != 0 or not path.is_file():
         last = proc.stderr.strip().splitlines() or proc.stdout.strip().splitlines() or [""]
         raise BenchError(
             f"bench perf: cell {cell_id} failed (exit {proc.returncode}): {last[-1]}",
             exit_code=proc.returncode if proc.returncode in (1, 2) else 3,
         )
-    procs = json.loads((run_dir / "processes.json").read_text())["cells"]
+    procs = json.loads((run_dir / runfolder.PROCESSES_JSON).read_text())["cells"]
     start = next((p["start_seconds"] for p in procs if p.get("start_seconds") is not None), None)
-    return results.read_cell(path), start
+    return runfolder.read_cell(path), start
 
 
 def probe_speedup(

@@ -120,13 +120,13 @@ def measure_loader(name: str, *, rounds: int = 9) -> dict[str, Any]:
     """Images per core-second of one shuffled pass at 224 px, batch 32, from the page cache.
 
     Two readers of the same cache, interleaved with a memcpy pass of the same bytes, on one
-    pinned core: the streaming reader training uses (:func:`harness.streaming.batches`,
+    pinned core: the streaming reader training uses (:func:`harness.cell.streaming.batches`,
     ``preadv`` into fresh batches) and the memory-mapped gather
     (:func:`harness.datasets.loader.iterate_batches`). Each pass is timed in CPU seconds of
     the thread (``time.thread_time``: what the core spent, whatever else the machine runs)
     and in wall seconds; the best round of each counts.
     """
-    from harness import streaming
+    from harness.cell import streaming
     from harness.datasets.loader import iterate_batches, open_split
 
     split = open_split(name, "train", SIZE)

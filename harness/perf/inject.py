@@ -29,7 +29,7 @@ class Injection:
 
     name: str
     description: str
-    module: str  # dotted name, e.g. "harness.strategies"
+    module: str  # dotted name, e.g. "harness.cell.strategies"
     old: str = ""
     new: str = ""
     append: str = ""
@@ -38,7 +38,7 @@ class Injection:
 NUMERICS_BUG = Injection(
     name="numerics",
     description="preprocessing Rescaling(1/255) instead of Rescaling(1/127.5, offset=-1)",
-    module="harness.strategies",
+    module="harness.cell.strategies",
     old='keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")',
     new='keras.layers.Rescaling(1.0 / 255.0, name="preprocess")',
 )
@@ -70,7 +70,7 @@ def slowdown(factor: float) -> Injection:
     return Injection(
         name=f"slowdown-{round(factor * 100)}",
         description=f"every training step {factor * 100:g} % slower (busy-wait in the step)",
-        module="harness.timing",
+        module="harness.cell.timing",
         append=_SLOWDOWN.format(factor=factor, percent=factor * 100),
     )
 

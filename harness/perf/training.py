@@ -34,7 +34,7 @@ def measure_overhead(steps: int = 40, rounds: int = 7) -> dict[str, Any]:
     Bare: the cell's architecture (MobileNetV2 alpha 0.35, 32 px, full-fine-tune, flip
     augmentation in the model) compiled the plain Keras way (``keras.optimizers.Adam``,
     sparse categorical cross-entropy, accuracy), ``fit`` without callbacks. Harness: the
-    same architecture through the runner's path — :func:`harness.strategies.compile_stage`
+    same architecture through the runner's path — :func:`harness.cell.strategies.compile_stage`
     (the harness's Adam, the backend's ``jit_compile``), :func:`harness.backend.prebuild_for_fit`
     and the timing callbacks (step timer with device sync, epoch timer with the learning
     rate, time-to-target). One epoch of ``steps`` batches of uint8 arrays in memory per
@@ -42,7 +42,8 @@ def measure_overhead(steps: int = 40, rounds: int = 7) -> dict[str, Any]:
     """
     import keras
 
-    from harness import backend, strategies, timing
+    from harness import backend
+    from harness.cell import strategies, timing
 
     cell = _cell("full-fine-tune", 32, augmentation="flip")
     keras.utils.set_random_seed(0)
@@ -139,14 +140,15 @@ def measure_streaming(
     One model (MobileNetV2 alpha 0.35, ``strategy`` with random weights, batch 32, the
     harness's compile path), trained alternately on the prepared split ``name`` read whole
     (uint8 arrays, ``fit(shuffle=True)``, the runner's path for small sets) and streamed
-    from the cache (:func:`harness.streaming.stream`, reader threads prefetching, the
+    from the cache (:func:`harness.cell.streaming.stream`, reader threads prefetching, the
     runner's path for large sets). Each round is one
     ``fit`` of ``epochs`` epochs per path; every epoch is timed; the first ``fit`` of each
     path (tracing) is not counted. Ratio = median in-memory epoch / median streamed epoch.
     """
     import keras
 
-    from harness import backend, strategies, streaming
+    from harness import backend
+    from harness.cell import strategies, streaming
     from harness.datasets.loader import open_split
 
     split = open_split(name, "train", size)

@@ -9,7 +9,7 @@ one TensorBoard run per cell and split (``train``, ``validation``):
   (``epoch_loss``, ``epoch_accuracy``, and for validation the same tags under
   ``validation/``) and ``epoch_learning_rate``;
 * :class:`StepTimeScalars` writes what Keras' callback cannot: per epoch, the median of the
-  measured (post-warm-up) step times that :class:`harness.timing.StepTimer` took, as
+  measured (post-warm-up) step times that :class:`harness.cell.timing.StepTimer` took, as
   ``epoch_step_time_median_s`` and ``epoch_train_images_per_s`` in ``train/``.
 
 Neither touches a measured step: Keras' batch hooks are disabled (:class:`EpochTensorBoard`;
@@ -33,7 +33,7 @@ from typing import Any
 
 import keras
 
-from harness.results import cell_filename
+from harness import runfolder
 
 SWITCH = "BENCH_TENSORBOARD"
 STEP_TIME_TAG = "epoch_step_time_median_s"
@@ -42,7 +42,7 @@ RATE_TAG = "epoch_train_images_per_s"
 
 def log_dir(run_dir: Path, cell_id: str) -> Path:
     """``<run>/tensorboard/<cell file stem>``: one TensorBoard run per cell."""
-    return Path(run_dir) / "tensorboard" / cell_filename(cell_id)[: -len(".json")]
+    return runfolder.tensorboard_dir(run_dir, cell_id)
 
 
 class EpochTensorBoard(keras.callbacks.TensorBoard):

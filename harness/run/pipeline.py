@@ -18,8 +18,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from harness import baseline as baseline_mod
-from harness import compare, history, report, results
+from harness import history, runfolder
+from harness.analysis import baseline as baseline_mod
+from harness.analysis import compare, report
 from harness.errors import EXIT_BAD_INPUT, EXIT_NOT_COMPARED, EXIT_OK, BenchError
 from harness.history import gate
 
@@ -37,7 +38,7 @@ def compare_step(
     A run none of whose cells produced a result has nothing to compare or to pass with:
     it says so and ends :data:`~harness.errors.EXIT_NOT_COMPARED` even without a baseline.
     """
-    info = results.read_run(run_dir)
+    info = runfolder.read_run(run_dir)
     try:
         found = gate.comparison(run_dir, baseline_path, history_db=history_db)
     except BenchError as exc:
@@ -48,7 +49,7 @@ def compare_step(
             f"({baseline_mod.default_path(info.profile)}); accept one with "
             f"`bench baseline accept {info.run_id}`"
         )
-        measured = [c for c in results.read_cells(run_dir) if c.ok]
+        measured = [c for c in runfolder.read_cells(run_dir) if c.ok]
         if not measured:
             print(f"NOT COMPARED: run {info.run_id} has no cell that ran (see the report)")
             return None, EXIT_NOT_COMPARED

@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from harness.compare import CHANGED, IMPROVEMENT, REGRESSION, Comparison
+from harness.analysis.compare import CHANGED, IMPROVEMENT, REGRESSION, Comparison
 from harness.jsonio import atomic_write_bytes
 from harness.results import CellResult
 

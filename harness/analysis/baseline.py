@@ -1,7 +1,7 @@
 """Stored baselines: the accepted results of a profile, one per reproducibility key.
 
 A profile may have several baselines, one per machine type / lock / backend / thread
-setting (its *run key*, :mod:`harness.reprokey`), as asv keeps one results folder per
+setting (its *run key*, :mod:`harness.analysis.reprokey`), as asv keeps one results folder per
 machine: ``reports/baselines/<profile>/<key id>.json`` (versioned JSON, kind
 ``transfer-bench.baseline``, schema 2). ``bench baseline accept RUN`` adds the one for the
 run's key or replaces it, and nothing else writes one. A comparison picks the baseline of
@@ -27,7 +27,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from harness import jsonio, paths, reprokey, results
+from harness import jsonio, paths, results, runfolder
+from harness.analysis import reprokey
 from harness.errors import InputError, RunFailure
 from harness.results import CellResult, RunInfo
 
@@ -111,20 +112,6 @@ def stored(profile: str) -> list[Path]:
     return [*found, *([legacy] if legacy.is_file() else [])]
 
 
-def resolve_run_dir(run: str | Path) -> Path:
-    """A run folder from a run id (under ``reports/runs/``) or a path; InputError if neither."""
-    candidate = Path(run)
-    if (candidate / "run.json").is_file():
-        return candidate
-    by_id = paths.runs_dir() / str(run)
-    if (by_id / "run.json").is_file():
-        return by_id
-    raise InputError(
-        f"run {str(run)!r}: no run.json at {candidate} nor at {by_id}; "
-        f"pass a run id from {paths.runs_dir()} or the path of a run folder"
-    )
-
-
 def noise_of(info: RunInfo, cells: list[CellResult]) -> dict[str, NoiseSamples]:
     """The noise-seed results of a run recorded by ``bench baseline record``, by main cell
     (run.json's ``matrix.baseline_recording.noise_cells`` says which cell is whose)."""
@@ -199,7 +186,7 @@ def to_dict(baseline: Baseline) -> dict[str, Any]:
 
 def write(baseline: Baseline, path: Path) -> Path:
     """Atomically write ``baseline`` to ``path`` (versioned JSON)."""
-    jsonio.write_json(path, to_dict(baseline), kind=BASELINE_KIND, schema=BASELINE_SCHEMA)
+    BASELINE.write(path, to_dict(baseline))
     return path
 
 
@@ -211,6 +198,7 @@ def _upgrade_1(data: dict[str, Any]) -> dict[str, Any]:
 
 
 UPGRADES: jsonio.Upgrades = {1: _upgrade_1}
+BASELINE = jsonio.Record(BASELINE_KIND, BASELINE_SCHEMA, UPGRADES)
 
 _TYPES: dict[str, tuple[type, ...]] = {
     "profile": (str,),
@@ -237,7 +225,7 @@ def load(path: Path, *, profile: str | None = None) -> Baseline:
     string where a number belongs is refused (exit 2) instead of switching the gate off.
     """
     path = Path(path)
-    data = jsonio.read_json(path, kind=BASELINE_KIND, schema=BASELINE_SCHEMA, upgrades=UPGRADES)
+    data = BASELINE.read(path)
     again = "; accept the baseline again (bench baseline accept RUN)"
     required = ("profile", "run_id", "accepted_at", "environment", "tolerances", "cells", "key")
     missing = [k for k in required if k not in data]
@@ -376,9 +364,9 @@ def choose(
     baseline), else :func:`select` among the stored ones (None: there is none)."""
     if given is None:
         return select(profile, run_environment)
-    if (Path(given) / "run.json").is_file():
+    if runfolder.is_run(Path(given)):
         other = Path(given)
-        base = replace(from_run(results.read_run(other), results.read_cells(other)), path=other)
+        base = replace(from_run(runfolder.read_run(other), runfolder.read_cells(other)), path=other)
         return _explicit(base, run_environment, f"run folder {other}")
     return _explicit(load(Path(given), profile=profile), run_environment, f"baseline {given}")
 
@@ -420,16 +408,16 @@ def accept(
     failed cell in a baseline would silently turn the next failure of that cell into "no
     change".
     """
-    info = results.read_run(run_dir)
+    info = runfolder.read_run(run_dir)
     if info.matrix.get("dry_run"):
         raise InputError(
             f"run {info.run_id!r} is a dry run (a couple of steps on random stand-ins): its "
             "numbers cannot be a baseline; accept a run made without --dry-run"
         )
-    cells = results.read_cells(run_dir)
+    cells = runfolder.read_cells(run_dir)
     if not cells:
         raise InputError(f"{run_dir}: run {info.run_id!r} has no cell results; nothing to accept")
-    planned = _planned_cell_ids(info, run_dir / "run.json")
+    planned = _planned_cell_ids(info, run_dir / runfolder.RUN_JSON)
     left_out = sorted(set(planned or ()) - set(info.cell_ids))
     if left_out and not force:
         raise InputError(

@@ -1,6 +1,6 @@
-"""One cell, one process: ``python -m harness.cellproc --cell-json ... --run-dir DIR``.
+"""One cell, one process: ``python -m harness.cell.process --cell-json ... --run-dir DIR``.
 
-The orchestrator (:mod:`harness.orchestrate`) starts this module once per cell so that
+The orchestrator (:mod:`harness.run.orchestrate`) starts this module once per cell so that
 global state (seed, precision policy, graph caches, device memory) cannot leak between
 cells and a crash or out-of-memory kill fails that cell only. It sets the backend's
 environment *before* Keras is imported, runs the cell, writes ``cells/<cell>.json`` and
@@ -106,7 +106,7 @@ def plan_threads(cell: Any) -> Any:
 def main(argv: list[str] | None = None) -> int:
     die_with_parent()
     apply_affinity()
-    ap = argparse.ArgumentParser(prog="python -m harness.cellproc")
+    ap = argparse.ArgumentParser(prog="python -m harness.cell.process")
     ap.add_argument("--cell-json", required=True, help="the resolved CellSpec as JSON")
     ap.add_argument("--run-dir", required=True, type=Path)
     ap.add_argument("--backend", default=None)
@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     import keras  # noqa: F401  (the backend import is part of the process start cost)
 
-    from harness import results, runner
+    from harness import runfolder
+    from harness.cell import runner
     from harness.errors import BenchError
 
     ready = time.time()
@@ -159,9 +160,9 @@ def main(argv: list[str] | None = None) -> int:
         msg = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
         result = _failure(cell, msg, ready, backend_name, process, placed)
     if args.result:
-        results.write_cell_file(args.run_dir / args.result, result)
+        runfolder.write_cell_file(args.run_dir / args.result, result)
     else:
-        results.write_cell(args.run_dir, result)
+        runfolder.write_cell(args.run_dir, result)
     emit("done", cell=cell.cell_id, status=result.status, error=result.error,
          wall_seconds=result.wall_seconds)  # fmt: skip
     return 0 if result.status in ("ok", "skipped") else 1
@@ -176,9 +177,9 @@ def _failure(
     placed: dict,
     status: str = "failed",
 ) -> Any:
-    from harness import runner
+    from harness import runfolder
 
-    return runner.failed_result(
+    return runfolder.failed_result(
         cell, msg, wall_seconds=time.time() - ready, backend_name=backend_name,
         status=status, extra={"process": process, "placement": placed},
     )  # fmt: skip

@@ -1,19 +1,20 @@
 """Compare a run with a baseline: per-cell verdicts in two tiers, matrix-wide checks, exit code.
 
 **Exact tier.** Where the run's reproducibility key is the baseline's
-(:mod:`harness.reprokey`: machine type, lock, backend and its version, thread rule) and a
+(:mod:`harness.analysis.reprokey`: machine type, lock, backend and its version, thread rule) and a
 cell's config, op determinism and intra-op threads match too, the cell must reproduce its
 baseline bit for bit: history, summary accuracies and weights digest. Any difference is
 the verdict ``changed`` (the gate fails), naming the first epoch and metric that diverged
-(:mod:`harness.exact`); a cell that reproduced is ``identical``.
+(:mod:`harness.analysis.exact`); a cell that reproduced is ``identical``.
 
 **Statistical tier.** Elsewhere, accuracy and throughput are judged against allowances
-calibrated by measured noise (:mod:`harness.noise`): accuracy by a quasi-binomial model
-fitted to the baseline's noise seeds, throughput by the spread between processes in the
-baseline's repeats and this key's history. Each limit states the false-alarm rate it
-implies; the rates are split over every test of the comparison (Bonferroni) so the run's
-rate is the profile's ``false_alarm_rate``. A matrix-wide accuracy check (Stouffer's
-combined z over the statistical-tier cells) catches a small drop present in every cell.
+calibrated by measured noise (:mod:`harness.analysis.noise`): accuracy by a quasi-binomial
+model fitted to the baseline's noise seeds, throughput by the spread between processes in
+the baseline's repeats and between sessions in this key's history. Each limit states the
+false-alarm rate it implies; the rates are split over every test of the comparison
+(Bonferroni) so the run's rate is the profile's ``false_alarm_rate``. A matrix-wide
+accuracy check (Stouffer's combined z over the statistical-tier cells) catches a small
+drop present in every cell.
 Limits are symmetric: an improvement is as hard to earn as a regression.
 
 Throughput is gated only between runs with the same hardware identity
@@ -44,8 +45,9 @@ from typing import Any
 
 from tabulate import tabulate
 
-from harness import crossbackend, env, exact, jsonio, noise, reprokey
-from harness.baseline import Baseline, noise_cell_ids
+from harness import env, jsonio
+from harness.analysis import crossbackend, exact, noise, reprokey
+from harness.analysis.baseline import Baseline, noise_cell_ids
 from harness.errors import EXIT_FAILURE, EXIT_NOT_COMPARED, EXIT_OK
 from harness.results import CellResult, RunInfo, Throughput
 
@@ -180,7 +182,7 @@ class Comparison:
     # What differs in what decides reproducibility (lock, packages the cells import, numpy
     # SIMD/BLAS, CPU numerics flags, threads, dirty checkout), in words.
     reproducibility_differences: tuple[str, ...] = field(default=())
-    # Backends side by side (harness.crossbackend): against a run folder as the baseline,
+    # Backends side by side (harness.analysis.crossbackend): against a run folder as the baseline,
     # or between the backends of a run that has several.
     backends: tuple[crossbackend.Pair, ...] = field(default=())
     tier: str = STATISTICAL  # EXACT when the run key is the baseline's
@@ -611,27 +613,13 @@ def _compare_one(cid: str, plan: _Plan, ctx: _Context) -> CellComparison:
 
 
 def _judge(cid: str, plan: _Plan, ctx: _Context) -> CellComparison:
+    """A cell's verdict: why it cannot be compared (:func:`_unjudged`), else from its
+    metrics, in its tier (exact: bit for bit; statistical: against the noise)."""
     run_cell, base_cell = plan.run.get(cid), plan.base.get(cid)
-    if run_cell is None:
-        return CellComparison(cid, MISSING, reason="in the baseline, not in the run")
-    if not run_cell.ok:
-        error = (run_cell.error or "no error recorded").splitlines()[0][:160]
-        if run_cell.status == "failed":
-            return CellComparison(cid, FAILED, reason=error)
-        # e.g. "skipped": a precision the device lacks; nothing ran, nothing broke
-        return CellComparison(cid, NOT_COMPARABLE, reason=f"{run_cell.status}: {error}")
-    if base_cell is None:
-        return CellComparison(cid, NEW, reason="not in the baseline")
-    if not base_cell.ok:
-        return CellComparison(cid, NOT_COMPARABLE, reason=f"{base_cell.status} in the baseline")
-    diffs = config_differences(base_cell.config, run_cell.config)
-    if diffs:
-        shown = ", ".join(
-            f"{k} {_short(flatten(base_cell.config).get(k))} -> "
-            f"{_short(flatten(run_cell.config).get(k))}"
-            for k in diffs[:4]
-        ) + (f" (+{len(diffs) - 4} more)" if len(diffs) > 4 else "")
-        return CellComparison(cid, NOT_COMPARABLE, reason=f"config differs: {shown}")
+    unjudged = _unjudged(cid, run_cell, base_cell)
+    if unjudged is not None:
+        return unjudged
+    assert run_cell is not None and base_cell is not None
     problem = plan.exact_problem.get(cid)
     reasons: list[str] = []
     if problem is None:
@@ -677,6 +665,34 @@ def _judge(cid: str, plan: _Plan, ctx: _Context) -> CellComparison:
         tier,
         div_text,
     )
+
+
+def _unjudged(
+    cid: str, run_cell: CellResult | None, base_cell: CellResult | None
+) -> CellComparison | None:
+    """The verdict of a cell that has nothing to compare (missing, failed, new, a config
+    that differs), or None when both sides ran the same config."""
+    if run_cell is None:
+        return CellComparison(cid, MISSING, reason="in the baseline, not in the run")
+    if not run_cell.ok:
+        error = (run_cell.error or "no error recorded").splitlines()[0][:160]
+        if run_cell.status == "failed":
+            return CellComparison(cid, FAILED, reason=error)
+        # e.g. "skipped": a precision the device lacks; nothing ran, nothing broke
+        return CellComparison(cid, NOT_COMPARABLE, reason=f"{run_cell.status}: {error}")
+    if base_cell is None:
+        return CellComparison(cid, NEW, reason="not in the baseline")
+    if not base_cell.ok:
+        return CellComparison(cid, NOT_COMPARABLE, reason=f"{base_cell.status} in the baseline")
+    diffs = config_differences(base_cell.config, run_cell.config)
+    if diffs:
+        shown = ", ".join(
+            f"{k} {_short(flatten(base_cell.config).get(k))} -> "
+            f"{_short(flatten(run_cell.config).get(k))}"
+            for k in diffs[:4]
+        ) + (f" (+{len(diffs) - 4} more)" if len(diffs) > 4 else "")
+        return CellComparison(cid, NOT_COMPARABLE, reason=f"config differs: {shown}")
+    return None
 
 
 def _exact_metrics(base: CellResult, run: CellResult) -> list[MetricDelta]:

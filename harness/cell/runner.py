@@ -1,6 +1,6 @@
 """Run one cell in this process and return its :class:`~harness.results.CellResult`.
 
-Call it from a fresh process (``python -m harness.cellproc``): the seed, the precision
+Call it from a fresh process (``python -m harness.cell.process``): the seed, the precision
 policy and the backend's graph caches are process-global. :func:`run_cell` runs five
 phases, each a function with one job, in this order:
 
@@ -14,12 +14,12 @@ phases, each a function with one job, in this order:
    file; it never prepares. Preprocessing and augmentation are layers inside the model,
    so the input side never limits the measured throughput. Small splits are read whole;
    splits too big for that stay memory-mapped and :func:`fit` and :func:`measure` stream
-   them through :mod:`harness.streaming` (:func:`harness.streaming.choose_input`,
+   them through :mod:`harness.cell.streaming` (:func:`harness.cell.streaming.choose_input`,
    ``$BENCH_INPUT_PATH`` forces either; the result's ``extra.input_path`` says which and
    why);
-3. :func:`build` — the model (:mod:`harness.strategies`);
-4. :func:`fit` — one ``fit`` per stage with the timing callbacks (:mod:`harness.timing`),
-   TensorBoard's (:mod:`harness.tensorboard`), ReduceLROnPlateau where the cell asks;
+3. :func:`build` — the model (:mod:`harness.cell.strategies`);
+4. :func:`fit` — one ``fit`` per stage with the timing callbacks (:mod:`harness.cell.timing`),
+   TensorBoard's (:mod:`harness.cell.tensorboard`), ReduceLROnPlateau where the cell asks;
 5. :func:`measure` — test accuracy, inference throughput at a fixed batch, peak memory,
    weights digest; then :func:`record` makes the :class:`~harness.results.CellResult`.
 """
@@ -36,7 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from harness import backend, streaming
+from harness import backend, runfolder
+from harness.cell import streaming
 from harness.errors import BenchError, InputError
 from harness.matrix import NO_WEIGHTS, SYNTHETIC_STEPS, CellSpec
 from harness.results import CellResult, EpochRecord, Throughput
@@ -65,7 +66,7 @@ class CellData:
     digests: dict[str, str]
     note: str = ""
     # How fit and evaluate read the arrays: "memory" (arrays held whole) or "stream" (the
-    # prepared cache's memory maps, read batch by batch; see :mod:`harness.streaming`).
+    # prepared cache's memory maps, read batch by batch; see :mod:`harness.cell.streaming`).
     choice: streaming.InputChoice | None = None
 
     @property
@@ -101,7 +102,7 @@ def standins(cell: CellSpec, num_classes: int, n_train: int, n_val: int) -> Cell
 
 def load_data(cell: CellSpec, *, allow_unpinned: bool = False) -> CellData:
     """The prepared splits of a real-data cell: read into memory, or left memory-mapped to
-    be streamed when :func:`harness.streaming.choose_input` says so (too big to read
+    be streamed when :func:`harness.cell.streaming.choose_input` says so (too big to read
     whole, or ``$BENCH_INPUT_PATH``). Never prepares: the pre-flight did, in the parent; a
     missing cache is a clear error naming the command."""
     from harness.datasets.loader import open_split
@@ -117,7 +118,7 @@ def load_data(cell: CellSpec, *, allow_unpinned: bool = False) -> CellData:
     choice = streaming.choose_input(
         streaming.split_bytes(train, val, test), mode=streaming.requested_mode()
     )
-    # Streamed: the np.memmap objects themselves (harness.streaming.RowReader reads their
+    # Streamed: the np.memmap objects themselves (harness.cell.streaming.RowReader reads their
     # rows with preadv, so the batches are resident, not the file's pages).
     whole: Callable[[np.ndarray], np.ndarray] = (
         (lambda a: a) if choice.path == "stream" else np.ascontiguousarray
@@ -256,9 +257,9 @@ def run_cell(
     inference, peak memory, weights digest) and :func:`record` (the CellResult).
 
     ``run_dir``: the run folder, under which the cell's TensorBoard events are written
-    (:mod:`harness.tensorboard`); None writes none."""
+    (:mod:`harness.cell.tensorboard`); None writes none."""
     t_start = time.perf_counter()
-    from harness import strategies
+    from harness.cell import strategies
 
     env = setup(cell, dry_run=dry_run)
     num_classes = num_classes_of(cell)
@@ -337,15 +338,39 @@ def open_inputs(
 
 
 def build(cell: CellSpec, inputs: Inputs) -> Any:
-    """The cell's model (:func:`harness.strategies.build`); the device's peak memory window
+    """The cell's model (:func:`harness.cell.strategies.build`); the device's peak memory window
     starts after it."""
-    from harness import strategies
+    from harness.cell import strategies
 
     built = strategies.build(
         cell, inputs.data.num_classes, inputs.weights_file, inputs.weights_note
     )
     backend.reset_peak_memory()
     return built
+
+
+@dataclass(frozen=True)
+class _Watch:
+    """The callbacks that watch training, in the order Keras calls them."""
+
+    epoch_timer: Any
+    time_to_target: Any
+    step_timer: Any
+    callbacks: list[Any]
+    tensorboard: dict[str, Any]  # what the TensorBoard callbacks write, or why none
+
+
+@dataclass(frozen=True)
+class _Feed:
+    """What every stage's ``fit`` reads: arrays, or streamed batches (``train``/``val``)."""
+
+    x_train: Any
+    y_train: Any
+    x_val: Any
+    y_val: Any
+    batch: int
+    train: Any = None  # a streaming.stream PyDataset, when the cell streams its input
+    val: Any = None
 
 
 def fit(
@@ -358,12 +383,55 @@ def fit(
     on_epoch: EpochHook | None,
     run_dir: Path | None,
 ) -> Fitted:
-    """One ``fit`` per stage with the timing and TensorBoard callbacks (and
-    ReduceLROnPlateau where the cell asks); linear-probe first computes its features once.
-    A loss that is not finite raises (the cell diverged)."""
+    """One ``fit`` per stage (:func:`fit_stage`) with the timing and TensorBoard callbacks
+    (and ReduceLROnPlateau where the cell asks); linear-probe first computes its features
+    once (:func:`_feature_cache`). A loss that is not finite raises (the cell diverged)."""
+    data, batch = inputs.data, inputs.batch
+    watch = _watch(cell, inputs, on_epoch=on_epoch, run_dir=run_dir)
+    callbacks = watch.callbacks
+    x_train, y_train, x_val, y_val = data.x_train, data.y_train, data.x_val, data.y_val
+    x_test, y_test = data.x_test, data.y_test
+    extra: dict[str, Any] = {"tensorboard": watch.tensorboard}
+    input_kind = data.input_kind
+    stream_fit = data.streamed and not plan.cached_features
+    if plan.cached_features:
+        (x_train, x_val, x_test), extra["feature_cache"] = _feature_cache(built, data, batch)
+        input_kind = "cached-features"
+    feed = _Feed(x_train, y_train, x_val, y_val, batch)
+    if stream_fit:  # the dataset's own seeded order per epoch, set by its epoch callback
+        train = streaming.stream(streaming.Rows(x_train, y_train), batch, seed=cell.seed)
+        val = _feed(x_val, y_val, batch, stream=True)["x"]
+        feed = dataclasses.replace(feed, train=train, val=val)
+        callbacks.insert(0, train.epoch_callback())
+    extra["input_path"] = _input_record(data, plan.cached_features)
+
+    optimizer = None
+    start_epoch = 0
+    jit_layers: list[str] = []
+    jit_effective = False
+    fit_model = built.classifier if plan.cached_features else built.model
+    for stage in plan.stages:
+        end_epoch = inputs.epochs_map[stage.name]
+        optimizer, jit_layers, jit_effective = fit_stage(
+            built, stage, fit_model, feed, env, callbacks, start_epoch, end_epoch
+        )
+        start_epoch = end_epoch
+    _check_finite(cell, watch.epoch_timer)
+    return Fitted(
+        watch.epoch_timer, watch.time_to_target, watch.step_timer, optimizer, fit_model,
+        x_test, y_test, input_kind, start_epoch, jit_layers, jit_effective, extra,
+        test_streamed=stream_fit,
+    )  # fmt: skip
+
+
+def _watch(
+    cell: CellSpec, inputs: Inputs, *, on_epoch: EpochHook | None, run_dir: Path | None
+) -> _Watch:
+    """The epoch and step timers, time-to-target, TensorBoard's callbacks and the cell's
+    ReduceLROnPlateau, in the order they must run."""
     import keras
 
-    from harness import strategies, tensorboard, timing
+    from harness.cell import tensorboard, timing
 
     data, batch, epochs_map = inputs.data, inputs.batch, inputs.epochs_map
     epoch_timer = timing.EpochTimer(
@@ -390,69 +458,75 @@ def fit(
                 min_lr=cell.reduce_lr_min,
             )
         )
+    return _Watch(epoch_timer, ttt, step_timer, callbacks, board_info)
 
-    x_train, y_train, x_val, y_val = data.x_train, data.y_train, data.x_val, data.y_val
-    x_test, y_test = data.x_test, data.y_test
-    extra: dict[str, Any] = {"tensorboard": board_info}
-    input_kind = data.input_kind
-    stream_fit = data.streamed and not plan.cached_features
-    if plan.cached_features:
-        t0 = time.perf_counter()
-        feat = built.feature_model
 
-        def features(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-            feed = _feed(x, y, batch, stream=data.streamed, labels=False)
-            return feat.predict(**feed, verbose=0)
+def _feature_cache(
+    built: Any, data: CellData, batch: int
+) -> tuple[tuple[Any, Any, Any], dict[str, Any]]:
+    """Linear-probe: the features of train, val and test, computed once with the frozen
+    backbone and kept in memory, and what that cost (``extra.feature_cache``)."""
+    t0 = time.perf_counter()
+    feat = built.feature_model
 
-        x_train = features(x_train, y_train)
-        x_val = features(x_val, y_val)
-        if x_test is not None:
-            x_test = features(x_test, y_test)
-        secs = time.perf_counter() - t0
-        n_img = (
-            len(data.x_train) + len(data.x_val) + (0 if data.x_test is None else len(data.x_test))
-        )
-        extra["feature_cache"] = {
-            "seconds": secs,
-            "images": n_img,
-            "images_per_s": n_img / secs if secs > 0 else None,
-            "feature_dim": int(x_train.shape[-1]),
-            "note": "features of train/val/test computed once with the frozen backbone (no "
-            "augmentation: cached features cannot be augmented), kept in memory",
-        }
-        input_kind = "cached-features"
-    train_feed = val_feed = None
-    if stream_fit:  # the dataset's own seeded order per epoch, set by its epoch callback
-        train_feed = streaming.stream(streaming.Rows(x_train, y_train), batch, seed=cell.seed)
-        val_feed = _feed(x_val, y_val, batch, stream=True)["x"]
-        callbacks.insert(0, train_feed.epoch_callback())
-    extra["input_path"] = _input_record(data, plan.cached_features)
+    def features(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        feed = _feed(x, y, batch, stream=data.streamed, labels=False)
+        return feat.predict(**feed, verbose=0)
 
-    optimizer = None
-    start_epoch = 0
-    jit_layers: list[str] = []
-    jit_effective = False
-    fit_model = built.classifier if plan.cached_features else built.model
-    for stage in plan.stages:
-        strategies.set_stage(built, stage)
-        jit_layers = backend.enable_jit(fit_model) if env.jit_compile else []
-        optimizer = strategies.compile_stage(built, stage, jit_compile=env.jit_compile)
-        jit_effective = bool(fit_model.jit_compile)  # Keras may turn it off (TF determinism)
-        backend.prebuild_for_fit(fit_model, x_train[:batch], y_train[:batch])
-        end_epoch = epochs_map[stage.name]
-        if stream_fit:
-            fit_model.fit(
-                train_feed, epochs=end_epoch, initial_epoch=start_epoch,
-                validation_data=val_feed, shuffle=False, verbose=0, callbacks=callbacks,
-            )  # fmt: skip
-        else:
-            fit_model.fit(
-                x_train, y_train,
-                batch_size=batch, epochs=end_epoch, initial_epoch=start_epoch,
-                validation_data=(x_val, y_val), shuffle=True, verbose=0, callbacks=callbacks,
-                validation_batch_size=_eval_batch(x_val, batch),
-            )  # fmt: skip
-        start_epoch = end_epoch
+    x_train = features(data.x_train, data.y_train)
+    x_val = features(data.x_val, data.y_val)
+    x_test = features(data.x_test, data.y_test) if data.x_test is not None else None
+    secs = time.perf_counter() - t0
+    n_img = len(data.x_train) + len(data.x_val) + (0 if data.x_test is None else len(data.x_test))
+    record = {
+        "seconds": secs,
+        "images": n_img,
+        "images_per_s": n_img / secs if secs > 0 else None,
+        "feature_dim": int(x_train.shape[-1]),
+        "note": "features of train/val/test computed once with the frozen backbone (no "
+        "augmentation: cached features cannot be augmented), kept in memory",
+    }
+    return (x_train, x_val, x_test), record
+
+
+def fit_stage(
+    built: Any,
+    stage: Any,
+    fit_model: Any,
+    feed: _Feed,
+    env: Setup,
+    callbacks: list[Any],
+    start_epoch: int,
+    end_epoch: int,
+) -> tuple[Any, list[str], bool]:
+    """One stage of the plan: its freeze policy and optimizer, then ``fit`` from epoch
+    ``start_epoch`` to ``end_epoch``; (optimizer, layers XLA compiles, whether Keras kept
+    jit_compile on)."""
+    from harness.cell import strategies
+
+    strategies.set_stage(built, stage)
+    jit_layers = backend.enable_jit(fit_model) if env.jit_compile else []
+    optimizer = strategies.compile_stage(built, stage, jit_compile=env.jit_compile)
+    jit_effective = bool(fit_model.jit_compile)  # Keras may turn it off (TF determinism)
+    batch = feed.batch
+    backend.prebuild_for_fit(fit_model, feed.x_train[:batch], feed.y_train[:batch])
+    if feed.train is not None:
+        fit_model.fit(
+            feed.train, epochs=end_epoch, initial_epoch=start_epoch,
+            validation_data=feed.val, shuffle=False, verbose=0, callbacks=callbacks,
+        )  # fmt: skip
+    else:
+        fit_model.fit(
+            feed.x_train, feed.y_train,
+            batch_size=batch, epochs=end_epoch, initial_epoch=start_epoch,
+            validation_data=(feed.x_val, feed.y_val), shuffle=True, verbose=0,
+            callbacks=callbacks, validation_batch_size=_eval_batch(feed.x_val, batch),
+        )  # fmt: skip
+    return optimizer, jit_layers, jit_effective
+
+
+def _check_finite(cell: CellSpec, epoch_timer: Any) -> None:
+    """BenchError (exit 1) when a loss went to NaN or infinity: the cell diverged."""
     for row in epoch_timer.rows:
         bad = [k for k in ("loss", "val_loss") if k in row.logs and not np.isfinite(row.logs[k])]
         if bad:
@@ -461,10 +535,6 @@ def fit(
                 f"{row.epoch + 1}",
                 exit_code=1,
             )
-    return Fitted(
-        epoch_timer, ttt, step_timer, optimizer, fit_model, x_test, y_test, input_kind,
-        start_epoch, jit_layers, jit_effective, extra, test_streamed=stream_fit,
-    )  # fmt: skip
 
 
 def measure(
@@ -473,7 +543,7 @@ def measure(
     """After training: test accuracy, inference throughput of the whole image model at a
     fixed batch (for linear-probe too), train throughput, peak memory, compile costs,
     weights digest. Closes the compile watch."""
-    from harness import strategies, timing
+    from harness.cell import strategies, timing
 
     data, batch = inputs.data, inputs.batch
     counts = strategies.layer_counts(built)
@@ -536,21 +606,41 @@ def record(
     dry_run: bool,
     wall_seconds: float,
 ) -> CellResult:
-    """The :class:`CellResult` of a finished cell: its resolved config, learning curve and
-    measurements (pure: reads what the earlier phases returned)."""
-    from harness import strategies
+    """The :class:`CellResult` of a finished cell: the fields every cell record has
+    (:func:`harness.runfolder.cell_fields`, shared with the failure record), its resolved
+    config, learning curve and measurements (pure: reads what the earlier phases returned)."""
+    history = _history(fitted.epoch_timer.rows)
+    val_accs = [h.val_accuracy for h in history if h.val_accuracy is not None]
+    train_accs = [h.accuracy for h in history]
+    peak, peak_kind = measured.peak_memory
+    ttt = fitted.time_to_target
+    return CellResult(
+        **runfolder.cell_fields(cell),
+        backend=env.backend_name,
+        status="ok",
+        config=_resolved_config(cell, env, inputs, built, fitted, dry_run=dry_run),
+        history=history,
+        best_train_accuracy=max(train_accs) if train_accs else None,
+        best_val_accuracy=max(val_accs) if val_accs else None,
+        final_val_accuracy=val_accs[-1] if val_accs else None,
+        test_accuracy=measured.test_accuracy,
+        time_to_target_s=ttt.seconds,
+        epochs_to_target=ttt.epochs,
+        train_throughput=measured.train,
+        inference_throughput=measured.inference,
+        peak_memory_bytes=peak,
+        peak_memory_kind=peak_kind,
+        wall_seconds=wall_seconds,
+        weights_digest=measured.weights_digest,
+        trainable_layers=measured.layer_counts["trainable_layers"],
+        frozen_layers=measured.layer_counts["frozen_layers"],
+        extra=_extra(cell, env, fitted, measured),
+    )
 
-    data = inputs.data
-    extra: dict[str, Any] = {**fitted.extra, **measured.extra}
-    extra["backend"] = {
-        "name": env.backend_name,
-        "jit_compile": env.jit_compile,
-        "jit_compile_effective": fitted.jit_effective,  # what Keras ran: False if it refused
-        "jit_enabled_layers": fitted.jit_layers,
-        "jit_meaning": backend.jit_meaning(env.jit_compile, env.backend_name),
-        "runtime": backend.runtime_info(),
-    }
-    history = tuple(
+
+def _history(rows: list[Any]) -> tuple[EpochRecord, ...]:
+    """The learning curve as Keras logged it, one record per epoch."""
+    return tuple(
         EpochRecord(
             epoch=r.epoch,
             loss=r.logs.get("loss", float("nan")),
@@ -560,10 +650,17 @@ def record(
             learning_rate=r.learning_rate,
             seconds=r.seconds,
         )
-        for r in fitted.epoch_timer.rows
+        for r in rows
     )
-    val_accs = [h.val_accuracy for h in history if h.val_accuracy is not None]
-    train_accs = [h.accuracy for h in history]
+
+
+def _resolved_config(
+    cell: CellSpec, env: Setup, inputs: Inputs, built: Any, fitted: Fitted, *, dry_run: bool
+) -> dict[str, Any]:
+    """The cell's config as it ran: the spec, what was effective, optimizer, plan, devices."""
+    from harness.cell import strategies
+
+    data = inputs.data
     optimizer = fitted.optimizer
     inner = getattr(optimizer, "inner_optimizer", optimizer)
     config = {
@@ -601,6 +698,21 @@ def record(
     config["weights_loaded"] = inputs.weights_file is not None
     if inputs.weights_file is not None:
         config["weights_file"] = str(inputs.weights_file)
+    return config
+
+
+def _extra(cell: CellSpec, env: Setup, fitted: Fitted, measured: Measured) -> dict[str, Any]:
+    """``extra``: what fitting and measuring recorded, the backend as it ran, layer counts
+    and notes."""
+    extra: dict[str, Any] = {**fitted.extra, **measured.extra}
+    extra["backend"] = {
+        "name": env.backend_name,
+        "jit_compile": env.jit_compile,
+        "jit_compile_effective": fitted.jit_effective,  # what Keras ran: False if it refused
+        "jit_enabled_layers": fitted.jit_layers,
+        "jit_meaning": backend.jit_meaning(env.jit_compile, env.backend_name),
+        "runtime": backend.runtime_info(),
+    }
     extra["layer_counts"] = measured.layer_counts
     if env.notes:
         extra["notes"] = list(env.notes)
@@ -608,36 +720,7 @@ def record(
         extra.setdefault("notes", []).append(
             "random backbone (weights = 'none'): a control, not the strategy as designed"
         )
-    peak, peak_kind = measured.peak_memory
-    ttt = fitted.time_to_target
-    return CellResult(
-        cell_id=cell.cell_id,
-        dataset=cell.dataset,
-        strategy=cell.strategy_label,
-        precision=cell.precision,
-        seed=cell.seed,
-        backend=env.backend_name,
-        status="ok",
-        config=config,
-        deterministic=cell.deterministic,
-        history=history,
-        best_train_accuracy=max(train_accs) if train_accs else None,
-        best_val_accuracy=max(val_accs) if val_accs else None,
-        final_val_accuracy=val_accs[-1] if val_accs else None,
-        test_accuracy=measured.test_accuracy,
-        target_accuracy=cell.target_accuracy,
-        time_to_target_s=ttt.seconds,
-        epochs_to_target=ttt.epochs,
-        train_throughput=measured.train,
-        inference_throughput=measured.inference,
-        peak_memory_bytes=peak,
-        peak_memory_kind=peak_kind,
-        wall_seconds=wall_seconds,
-        weights_digest=measured.weights_digest,
-        trainable_layers=measured.layer_counts["trainable_layers"],
-        frozen_layers=measured.layer_counts["frozen_layers"],
-        extra=extra,
-    )
+    return extra
 
 
 def _eval_batch(x: Any, batch: int) -> int:
@@ -726,30 +809,3 @@ def _epoch_event(row: Any, epochs_map: dict[str, int]) -> dict[str, Any]:
             if k in row.logs
         },
     }
-
-
-def failed_result(
-    cell: CellSpec,
-    error: str,
-    *,
-    wall_seconds: float,
-    backend_name: str,
-    status: str = "failed",
-    extra: dict[str, Any] | None = None,
-) -> CellResult:
-    """The record of a cell that did not finish (or was skipped): its config and the error."""
-    return CellResult(
-        cell_id=cell.cell_id,
-        dataset=cell.dataset,
-        strategy=cell.strategy_label,
-        precision=cell.precision,
-        seed=cell.seed,
-        backend=backend_name,
-        status=status,
-        config={**cell.to_dict(), "cell_id": cell.cell_id},
-        deterministic=cell.deterministic,
-        error=error,
-        target_accuracy=cell.target_accuracy,
-        wall_seconds=wall_seconds,
-        extra=extra or {},
-    )

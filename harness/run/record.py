@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import fsio, jsonio, results
+from harness import fsio, jsonio, results, runfolder
 from harness.errors import InputError
 from harness.executors.base import CellEnd, CellJob
-from harness.executors.repeats import combine
 from harness.matrix import CellSpec
-from harness.progress import RunProgress
 from harness.results import CellResult
+from harness.run.progress import RunProgress
+from harness.run.repeats import combine
 
 
 @dataclass(frozen=True)
@@ -34,10 +34,6 @@ class CellOutcome:
     error: str | None
     process_seconds: float | None  # spawn to exit of its process; None when not run
     start_seconds: float | None  # spawn until Keras and its backend were imported
-
-
-def _stem(cell_id: str) -> str:
-    return results.cell_filename(cell_id)[: -len(".json")]
 
 
 class Recorder:
@@ -68,23 +64,23 @@ class Recorder:
         if allow_unpinned:
             args.append("--allow-unpinned")
         epochs = self._epochs(cell, dry_run)
-        cell_rel = f"cells/{results.cell_filename(cell.cell_id)}"
+        cell_rel = runfolder.cell_rel(cell.cell_id)
         self._unlink(cell_rel)
         self._cells[cell.cell_id] = cell
         if cell.repeats == 1:
-            log = f"logs/{_stem(cell.cell_id)}.log"
+            log = runfolder.log_rel(cell.cell_id)
             return [CellJob(cell.cell_id, cell, tuple(args), cell_rel, log, epochs)]
         kept = self._repeats.setdefault(cell.cell_id, {})
         jobs = []
         for k in range(1, cell.repeats + 1):
-            rel = results.repeat_filename(cell.cell_id, k)
+            rel = runfolder.repeat_rel(cell.cell_id, k)
             previous = self._read_ok(rel)
             if previous is not None:
                 kept[k] = previous
                 continue
             self._unlink(rel)
             more = ["--result", rel, *(["--no-tensorboard"] if k > 1 else [])]
-            log = f"logs/{_stem(cell.cell_id)}.r{k}.log"
+            log = runfolder.log_rel(cell.cell_id, k)
             key = f"{cell.cell_id}#r{k}"
             job = CellJob(key, cell, (*args, *more), rel, log, epochs, k, cell.repeats)
             jobs.append(job)
@@ -93,7 +89,7 @@ class Recorder:
     @staticmethod
     def _epochs(cell: CellSpec, dry_run: bool) -> int:
         if dry_run:  # a dry run runs one short epoch per stage
-            from harness.strategies import plan
+            from harness.cell.strategies import plan
 
             return len(plan(cell).stages)
         return cell.epochs
@@ -108,7 +104,7 @@ class Recorder:
         if not path.is_file():
             return None
         try:
-            res = results.read_cell(path)
+            res = runfolder.read_cell(path)
         except InputError:
             return None
         return res if res.status == "ok" else None
@@ -167,31 +163,26 @@ class Recorder:
         if end.lost is None and end.result is not None:
             where = f"{job.label}: result from the worker"
             try:
-                jsonio.check_header(
-                    end.result, where, kind=results.CELL_KIND, schema=results.CELL_SCHEMA
-                )
-                shipped = results.cell_from_dict(end.result, where)
+                shipped = results.parse_cell(end.result, where)
             except InputError as exc:
                 unreadable = exc.message
             else:
                 placed = {**shipped.extra.get("placement", {}), **end.placement}
                 res = dataclasses.replace(shipped, extra={**shipped.extra, "placement": placed})
-                results.write_cell_file(result_path, res)
+                runfolder.write_cell_file(result_path, res)
                 return res
         if end.lost is None and not unreadable and result_path.is_file():
             try:
-                return results.read_cell(result_path)
+                return runfolder.read_cell(result_path)
             except InputError as exc:  # a result that does not validate is no result
                 unreadable = exc.message
         error = self._why(end, unreadable, log_path)
-        from harness.runner import failed_result
-
-        res = failed_result(
+        res = runfolder.failed_result(
             job.cell, error, wall_seconds=end.process_seconds or 0.0,
             backend_name=job.cell.backend or self.backend or "unknown",
             extra={"placement": dict(end.placement)} if end.placement else None,
         )  # fmt: skip
-        results.write_cell_file(result_path, res)
+        runfolder.write_cell_file(result_path, res)
         return res
 
     @staticmethod
@@ -224,7 +215,7 @@ class Recorder:
     def _finish_repeats(self, cell: CellSpec) -> None:
         kept = self._repeats[cell.cell_id]
         res = combine([kept[k] for k in sorted(kept)])
-        results.write_cell(self.run_dir, res)
+        runfolder.write_cell(self.run_dir, res)
         self._outcome(cell, res, shown="")
         if self.prog is not None:  # its repeats were counted as they ended
             detail = f" — {res.error}" if res.error else ""

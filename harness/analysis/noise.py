@@ -1,7 +1,7 @@
 """The statistical tier: allowances calibrated by measured noise, and their false-alarm rates.
 
 Where a run cannot be held to bit-identity with its baseline (another machine type, lock,
-backend or thread setting: :mod:`harness.reprokey`), a change is flagged only when it is
+backend or thread setting: :mod:`harness.analysis.reprokey`), a change is flagged only when it is
 larger than noise could make it at a stated false-alarm rate. Pure functions over plain
 numbers: no files, no Keras.
 
@@ -20,11 +20,19 @@ noise is then not measured).
 but present in all (a preprocessing bug worth 3 points) is tested with Stouffer's sum of
 the cells' standardised changes, ``Z = sum(z_i) / sqrt(m)``.
 
-**Throughput** (train, inference images/s), per cell, on a log scale. The noise is the
-spread between processes of the same cell: the baseline's repeats (each a fresh process)
-and the cell's recent history on the same key (conbench's "last N runs of this hardware"),
-pooled over cells as one relative scale, estimated robustly (median absolute deviation)
-so one bad night in the history does not widen it (:func:`throughput_model`).
+**Throughput** (train, inference images/s), per cell, on a log scale, with two sources of
+noise (:func:`throughput_model`). *Within a session*, processes of the same cell differ: the
+baseline's repeats (each a fresh process, one recording) measure that spread, ``s_w``.
+*Between sessions* (another night, another host behind the same CPU model) a cell's level
+moves as a whole: on the 2-core Xeon, identical code ran the smoke scratch cells 13-17 %
+slower than the recording of their baseline, three times the spread of its repeats. The
+cell's recent history on the same key (conbench's "last N runs of this hardware", one
+session each) measures the total ``s_h^2 = s_w^2 + s_b^2``; the between-session part is
+``s_b^2 = max(0, s_h^2 - s_w^2)``. A run's change against the baseline then has variance
+``s_w^2 (1/n_run + 1/n_base) + 2 s_b^2`` (the run's session and the baseline's each drew
+a level). Both scales are pooled over cells as one relative scale, estimated robustly
+(median absolute deviation) so one bad night does not widen them. With fewer than two
+history runs ``s_b`` is not measured, and the profile's minimum effect has to cover it.
 
 **Rates.** ``a`` per test is the run's false-alarm rate divided between the families of
 tests and then between the tests of each (Bonferroni, :func:`split`), so the stated rate
@@ -223,18 +231,33 @@ def combined(
 
 @dataclass(frozen=True)
 class ThroughputModel:
-    """Process-to-process noise of log images/s, pooled over cells (one relative scale)."""
+    """Noise of log images/s, pooled over cells (one relative scale): ``sd`` between
+    processes of one session (the baseline's repeats), ``between`` between sessions (from
+    the history of this key; 0 when not measured)."""
 
-    sd: float  # of log images/s between processes of one cell
+    sd: float  # of log images/s between processes of one cell in one session
     df: int
     repeats: int  # baseline repeat samples used
     history: int  # history samples used
     groups: int
     phase: str = "train"
+    between: float = 0.0  # of a session's log level around the cell's (history)
+    between_df: int = 0  # degrees of freedom behind the history's total spread
 
     @property
     def measured(self) -> bool:
         return self.df >= 2
+
+    @property
+    def df_used(self) -> float:
+        """Degrees of freedom of the change's standard error: the scarcer source decides."""
+        return float(min(self.df, self.between_df) if self.between_df else self.df)
+
+    def variance(self, n_run: int, n_base: int) -> float:
+        """Variance of ``log(run / baseline)`` for geometric means of ``n_run`` and
+        ``n_base`` processes, each side from its own session."""
+        within = self.sd**2 * (1.0 / max(1, n_run) + 1.0 / max(1, n_base))
+        return within + 2.0 * self.between**2
 
     def describe(self) -> str:
         if not self.measured:
@@ -242,14 +265,39 @@ class ThroughputModel:
                 f"{self.phase} throughput: noise not measured (the baseline has no repeats and "
                 "this key no history): the profile's fixed band, false-alarm rate unknown"
             )
-        parts = [f"{self.repeats} baseline repeats"]
-        if self.history:
-            parts.append(f"{self.history} runs of history on this key")
-        return (
+        within = (
             f"{self.phase} throughput: {self.sd * 100:.1f} % between processes (robust SD of "
-            "log images/s "
-            f"from {' and '.join(parts)}, {self.groups} groups, {self.df} df)"
+            f"log images/s from {self.repeats} baseline repeats, {self.df} df)"
         )
+        if not self.between_df:
+            return (
+                f"{within}; between sessions not measured (fewer than 2 runs of history on "
+                "this key): the minimum effect covers it"
+            )
+        return (
+            f"{within}; {self.between * 100:.1f} % between sessions (from {self.history} "
+            f"cell results in this key's history, {self.between_df} df)"
+        )
+
+
+def _pooled_sd(groups: Iterable[Sequence[float]]) -> tuple[float, int, int, int]:
+    """Robust SD of log values around each group's median, pooled over groups (MAD, with
+    the n/(n-1) correction for small groups); with its df, samples and groups."""
+    deviations: list[float] = []
+    df = samples = used = 0
+    for values in groups:
+        logs = [math.log(v) for v in values if v > 0]
+        if len(logs) < 2:
+            continue
+        mid = statistics.median(logs)
+        deviations += [x - mid for x in logs]
+        df += len(logs) - 1
+        samples += len(logs)
+        used += 1
+    if df < 2:
+        return 0.0, df, samples, used
+    mad = statistics.median(abs(d) for d in deviations)
+    return MAD_TO_SD * mad * math.sqrt(len(deviations) / df), df, samples, used
 
 
 def throughput_model(
@@ -257,30 +305,18 @@ def throughput_model(
     history_groups: Iterable[Sequence[float]] = (),
     phase: str = "train",
 ) -> ThroughputModel:
-    """Pool the deviations of log images/s from each group's own median (a group: one cell's
-    baseline repeats, or one cell's history runs), scaled robustly (MAD)."""
-    deviations: list[float] = []
-    df = 0
-    groups = 0
-    counts = {"repeats": 0, "history": 0}
-    for name, source in (("repeats", repeat_groups), ("history", history_groups)):
-        for values in source:
-            logs = [math.log(v) for v in values if v > 0]
-            if len(logs) < 2:
-                continue
-            mid = statistics.median(logs)
-            deviations += [x - mid for x in logs]
-            df += len(logs) - 1
-            groups += 1
-            counts[name] += len(logs)
-    if df < 2:
-        return ThroughputModel(0.0, df, counts["repeats"], counts["history"], groups, phase)
-    mad = statistics.median(abs(d) for d in deviations)
-    # Deviations from a group's median shrink the spread of small groups; undo that with
-    # the usual n/(n-1) correction on the pooled scale.
-    n = len(deviations)
-    sd = MAD_TO_SD * mad * math.sqrt(n / df)
-    return ThroughputModel(sd, df, counts["repeats"], counts["history"], groups, phase)
+    """The within-session scale from ``repeat_groups`` (one cell's baseline repeats each)
+    and the between-session scale from ``history_groups`` (one cell's history runs each,
+    one session per value). Without repeats the history's spread is all the model has,
+    and it is used as the within-session scale (conservative: it holds both)."""
+    sd_w, df_w, n_w, g_w = _pooled_sd(repeat_groups)
+    sd_h, df_h, n_h, g_h = _pooled_sd(history_groups)
+    if df_w < 2:  # no repeats: the history's total spread stands for the process noise
+        return ThroughputModel(sd_h, df_h, 0, n_h, g_h, phase)
+    between = math.sqrt(max(0.0, sd_h**2 - sd_w**2)) if df_h >= 2 else 0.0
+    return ThroughputModel(
+        sd_w, df_w, n_w, n_h, g_w + g_h, phase, between, df_h if df_h >= 2 else 0
+    )
 
 
 def throughput_allowance(
@@ -293,6 +329,6 @@ def throughput_allowance(
     """Allowed ``|log(run / baseline)|`` of one cell (geometric means of each side's
     process medians); the floor is the profile's minimum effect, symmetric on a log scale."""
     center = statistics.fmean(math.log(r) for r in base_rates)
-    se = model.sd * math.sqrt(1.0 / len(run_rates) + 1.0 / len(base_rates))
+    se = math.sqrt(model.variance(len(run_rates), len(base_rates)))
     floor = -math.log(1.0 - floor_relative) if floor_relative < 1 else math.inf
-    return _allowance(center, se, alpha, float(model.df), floor)
+    return _allowance(center, se, alpha, model.df_used, floor)

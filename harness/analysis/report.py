@@ -1,7 +1,7 @@
 """``report.md`` for a run: the results matrix, findings, baseline verdicts, environment, plots.
 
 Tables are GitHub-flavoured markdown rendered with tabulate; figures are PNGs from
-:mod:`harness.plots` in ``plots/`` beside the markdown. Default location:
+:mod:`harness.analysis.plots` in ``plots/`` beside the markdown. Default location:
 ``<run>/report/report.md``. Every file is written atomically.
 """
 
@@ -14,9 +14,10 @@ from typing import Any
 
 from tabulate import tabulate
 
-from harness import crossbackend, plots, results
-from harness import findings as findings_mod
-from harness.compare import (
+from harness import runfolder
+from harness.analysis import crossbackend, plots
+from harness.analysis import findings as findings_mod
+from harness.analysis.compare import (
     DEFAULT_TOLERANCES,
     TABLE_HEADERS,
     Comparison,
@@ -28,7 +29,7 @@ from harness.errors import BenchError
 from harness.jsonio import atomic_write_bytes
 from harness.results import CellResult, RunInfo, Throughput
 
-REPORT_NAME = "report.md"
+REPORT_NAME = runfolder.REPORT_NAME
 
 
 def _pct(x: float | None) -> float | None:
@@ -222,8 +223,8 @@ def _findings_section(f: findings_mod.Findings) -> list[str]:
         f'Computed from this run\'s numbers; "competitive" means within {f.tolerance_points:g} '
         "accuracy points (the profile's tolerance). Strategy accuracy is the mean over its ok "
         "cells (seeds × precisions). A cell *did not learn* when its best validation accuracy "
-        "is within noise of chance (binomial test, see `harness/findings.py`); a strategy with "
-        "such a cell is not ranked, so no winner is declared over it."
+        "is within noise of chance (binomial test, see `harness/analysis/findings.py`); a "
+        "strategy with such a cell is not ranked, so no winner is declared over it."
     )
     out.append("")
     for d in f.datasets:
@@ -322,7 +323,7 @@ def _baseline_section(comparison: Comparison | None, profile: str, plot: str | N
 def _backends_section(
     cells: list[CellResult], comparison: Comparison | None, info: RunInfo
 ) -> list[str]:
-    """Backends side by side (harness.crossbackend): this run's backends, or this run
+    """Backends side by side (harness.analysis.crossbackend): this run's backends, or this run
     beside the run or baseline it was compared with; nothing when there is no pair."""
     pairs = comparison.backends if comparison is not None else ()
     pairs = pairs or crossbackend.within_run(cells)
@@ -363,12 +364,31 @@ def render_markdown(
     comparison: Comparison | None,
     plot_paths: dict[str, str],
 ) -> str:
-    """The whole report as markdown text (pure; ``plot_paths`` are relative links)."""
+    """The whole report as markdown text (pure; ``plot_paths`` are relative links), one
+    section after another."""
+    lines = _header_section(info, cells, comparison)
+    lines += _matrix_section(info, cells)
+    lines += _backends_section(cells, comparison, info)
+    lines += _findings_section(found)
+    lines += _baseline_section(comparison, info.profile, plot_paths.get("baseline"))
+    lines += _figures_section(plot_paths)
+    lines += ["## Environment", ""]
+    lines += [
+        tabulate(environment_rows(info.environment), headers=["key", "value"], tablefmt="github"),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _header_section(
+    info: RunInfo, cells: list[CellResult], comparison: Comparison | None
+) -> list[str]:
+    """The title, the run's provenance, its cell counts and the baseline verdict."""
     ok = sum(1 for c in cells if c.ok)
     failed = [c.cell_id for c in cells if c.status == "failed"]
     skipped = [c.cell_id for c in cells if not c.ok and c.status != "failed"]
     planned_missing = sorted(set(info.cell_ids) - {c.cell_id for c in cells})
-    lines = [
+    return [
         f"# transfer-bench report: run `{info.run_id}`",
         "",
         f"Profile `{info.profile}`; started {info.started_at}, finished {info.finished_at or '—'}; "
@@ -387,6 +407,15 @@ def render_markdown(
         ),
         *(_nothing_measured(cells) if not ok else []),
         "",
+    ]
+
+
+def _matrix_section(info: RunInfo, cells: list[CellResult]) -> list[str]:
+    """The results matrix as the experiment's table, then every cell, and what did not run."""
+    failed = [c.cell_id for c in cells if c.status == "failed"]
+    skipped = [c.cell_id for c in cells if not c.ok and c.status != "failed"]
+    planned_missing = sorted(set(info.cell_ids) - {c.cell_id for c in cells})
+    lines = [
         "## Results matrix",
         "",
         "Best train / validation accuracy (%) per dataset and strategy, as in the experiment's "
@@ -416,10 +445,12 @@ def render_markdown(
         lines += [f"Skipped cells: {', '.join(skipped)}.", ""]
     if planned_missing:
         lines += [f"Planned but without a result: {', '.join(planned_missing)}.", ""]
-    lines += _backends_section(cells, comparison, info)
-    lines += _findings_section(found)
-    lines += _baseline_section(comparison, info.profile, plot_paths.get("baseline"))
-    lines += ["## Figures", ""]
+    return lines
+
+
+def _figures_section(plot_paths: dict[str, str]) -> list[str]:
+    """Links to the plots: learning curves per dataset, accuracy vs throughput, throughput."""
+    lines = ["## Figures", ""]
     for key, rel in plot_paths.items():
         if key.startswith("curves:"):
             lines += [
@@ -442,12 +473,7 @@ def render_markdown(
             f"![throughput per cell]({plot_paths['throughput']})",
             "",
         ]
-    lines += ["## Environment", ""]
-    lines += [
-        tabulate(environment_rows(info.environment), headers=["key", "value"], tablefmt="github"),
-        "",
-    ]
-    return "\n".join(lines)
+    return lines
 
 
 def _load_manifest() -> Any | None:
@@ -465,10 +491,10 @@ def write_report(
 ) -> Path:
     """Write ``report.md`` and its PNGs for ``run_dir``; returns the markdown path."""
     run_dir = Path(run_dir)
-    info = results.read_run(run_dir)
-    cells = results.read_cells(run_dir)
-    out = Path(out_dir) if out_dir is not None else run_dir / "report"
-    plot_dir = out / "plots"
+    info = runfolder.read_run(run_dir)
+    cells = runfolder.read_cells(run_dir)
+    out = Path(out_dir) if out_dir is not None else runfolder.report_dir(run_dir)
+    plot_dir = out / runfolder.PLOTS
     plot_dir.mkdir(parents=True, exist_ok=True)
     tol = float(info.tolerances.get("accuracy_points", DEFAULT_TOLERANCES["accuracy_points"]))
     found = findings_mod.compute(cells, tolerance_points=tol, manifest=_load_manifest())

@@ -2,9 +2,10 @@
 
 ``reports/runs/<run-id>/run.json`` (:class:`~harness.results.RunInfo`) is written when the
 run starts and again, with ``finished_at``, when it ends; each cell's process
-(``python -m harness.cellproc``) writes ``cells/<cell-file>.json`` and its output goes to
+(``python -m harness.cell.process``) writes ``cells/<cell-file>.json`` and its output goes to
 ``logs/<cell-file>.log``. A cell that fails, crashes or is killed (e.g. out of memory) is
-recorded as ``failed`` with its error, and the run goes on.
+recorded as ``failed`` with its error, and the run goes on. Every name in the run folder,
+and every record read or written there, is :mod:`harness.runfolder`'s.
 
 Where the cell processes run is the executor's business (:mod:`harness.executors`:
 serial, ``--jobs``/``--devices`` on this machine, a Dask cluster; ``--shard i/n`` picks a
@@ -27,9 +28,10 @@ file is not touched); failed, unreadable and misnamed cells run again.
 
 A run id names a run folder of ours or a new one: an existing folder without ``run.json``
 (``--runs-dir reports --run-id baselines``) and the names the harness gives its own
-folders (:data:`RESERVED_RUN_IDS`) are refused before anything is written.
+folders (:data:`harness.runfolder.RESERVED_RUN_IDS`) are refused before anything is
+written (:func:`harness.runfolder.check_ours`).
 
-Faults: one process writes to a run folder at a time (:mod:`harness.runlock`; a second
+Faults: one process writes to a run folder at a time (:mod:`harness.run.lock`; a second
 writer is refused naming the holder's pid). SIGINT/SIGTERM stop every running cell's
 process (terminate, then kill; on Dask, the tasks are cancelled and each worker stops its
 cell), record nothing for them and end in :class:`~harness.errors.RunStopped` (130/143),
@@ -45,8 +47,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
-import re
 import sys
 import time
 from collections.abc import Iterator
@@ -55,7 +55,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from harness import env, fsio, paths, results, runlock
+from harness import env, paths, results, runfolder
 from harness.backend import BACKENDS
 from harness.errors import (
     EXIT_BAD_INPUT,
@@ -67,16 +67,11 @@ from harness.errors import (
     Terminated,
 )
 from harness.executors.base import Executor
-from harness.executors.record import CellOutcome, Recorder
-from harness.executors.shard import Shard
 from harness.matrix import CellSpec, Matrix
-from harness.progress import RunProgress
-
-_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # whole string (fullmatch): no "x\n"
-# Folders the harness names itself: under reports/, and inside a run folder.
-RESERVED_RUN_IDS = frozenset(
-    {"baselines", "runs", "perf", "cells", "logs", "repeats", "report", "tensorboard"}
-)
+from harness.run import lock
+from harness.run.progress import RunProgress
+from harness.run.record import CellOutcome, Recorder
+from harness.run.shard import Shard
 
 
 @dataclass(frozen=True)
@@ -95,16 +90,6 @@ class RunOutcome:
     @property
     def ok(self) -> bool:
         return not self.failed_cells
-
-
-def default_run_id(profile: str) -> str:
-    return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{profile}"
-
-
-def latest_run_dir(runs_dir: Path, profile: str) -> Path | None:
-    """The newest run folder of ``profile`` (by run id) with a run.json, or None."""
-    found = sorted(p.parent for p in runs_dir.glob(f"*-{profile}/run.json"))
-    return found[-1] if found else None
 
 
 def check_backend(name: str | None) -> str | None:
@@ -158,7 +143,7 @@ def run_matrix(
     ``executor`` decides where the cell processes run (default: serially, here);
     ``shard`` keeps a stable 1/n of the cells. The executor is opened first (a cluster
     that does not answer is an input error before anything is written), then the
-    pre-flight (:mod:`harness.preflight`) checks every cell still to run and prepares
+    pre-flight (:mod:`harness.run.preflight`) checks every cell still to run and prepares
     their data once, here; on a problem nothing starts and no run folder is created,
     unless ``skip_unavailable`` records those cells as skipped.
     """
@@ -169,21 +154,19 @@ def run_matrix(
         chosen = shard.select(chosen)
     runs_dir = Path(runs_dir) if runs_dir else paths.runs_dir()
     if run_id is None and resume:
-        latest = latest_run_dir(runs_dir, matrix.profile)
+        latest = runfolder.latest(runs_dir, matrix.profile)
         if latest is None:
             raise InputError(
                 f"--resume: no run of profile {matrix.profile!r} in {runs_dir}; "
                 "give --run-id ID or start a run without --resume"
             )
         run_id = latest.name
-    run_id = run_id or default_run_id(matrix.profile)
-    if not _RUN_ID.fullmatch(run_id):
-        raise InputError(f"--run-id {run_id!r}: use letters, digits, '.', '_' and '-' only")
+    run_id = runfolder.check_run_id(run_id or runfolder.default_run_id(matrix.profile))
     run_dir = runs_dir / run_id
-    _check_run_folder(run_dir)
-    done = _finished_cells(run_dir, chosen) if resume else set()
-    from harness import preflight
+    runfolder.check_ours(run_dir)
+    done = runfolder.finished_cells(run_dir, [c.cell_id for c in chosen]) if resume else set()
     from harness.executors.serial import SerialExecutor
+    from harness.run import preflight
 
     ex = executor or SerialExecutor()
     ex.open()
@@ -195,7 +178,7 @@ def run_matrix(
             allow_unpinned=allow_unpinned,
             skip_unavailable=skip_unavailable,
         )
-        with runlock.hold(run_dir), _stops_resumably(run_id, run_dir):
+        with lock.hold(run_dir), _stops_resumably(run_id, run_dir):
             return _run_started(
                 matrix, chosen, run_dir, run_id, pre, done, t0, resume=resume, backend=backend,
                 dry_run=dry_run, allow_unpinned=allow_unpinned, progress=progress,
@@ -257,7 +240,7 @@ def _run_started(
     outcomes += recorder.outcomes.values()
     order = {c.cell_id: i for i, c in enumerate(chosen)}
     outcomes.sort(key=lambda o: order[o.cell_id])
-    results.write_run(
+    runfolder.write_run(
         run_dir,
         dataclasses.replace(info, finished_at=datetime.now(UTC).isoformat(timespec="seconds")),
     )
@@ -288,55 +271,13 @@ def _stops_resumably(run_id: str, run_dir: Path) -> Iterator[None]:
         ) from exc  # fmt: skip
 
 
-def _check_run_folder(run_dir: Path) -> None:
-    """Refuse a run folder that is not ours: a reserved name, or an existing folder with
-    no run.json that holds anything but our lock (a run that never started leaves that)."""
-    name = run_dir.name
-    if name in RESERVED_RUN_IDS:
-        raise InputError(
-            f"--run-id {name!r}: bench names its own folders so "
-            f"({', '.join(sorted(RESERVED_RUN_IDS))}); choose another --run-id"
-        )
-    with fsio.guard(run_dir, "read"):
-        if not os.path.lexists(run_dir) or (run_dir / "run.json").is_file():
-            return
-        if not run_dir.is_dir():
-            raise InputError(
-                f"--run-id {name!r}: {run_dir} exists and is not a folder; choose another "
-                "--run-id or --runs-dir"
-            )
-        held = sorted(p.name for p in run_dir.iterdir() if p.name != runlock.LOCK_NAME)
-    if held:
-        raise InputError(
-            f"--run-id {name!r}: {run_dir} exists and is not a run folder (no run.json; it "
-            f"holds {held[0]!r}); it is left untouched: choose another --run-id or --runs-dir"
-        )
-
-
-def _finished_cells(run_dir: Path, chosen: tuple[CellSpec, ...]) -> set[str]:
-    """Cells of a resumed run whose result is there with status ok or skipped (not rerun)."""
-    done = set()
-    for cell in chosen:
-        existing = run_dir / "cells" / results.cell_filename(cell.cell_id)
-        if existing.is_file():
-            try:
-                status = results.read_cell(existing).status
-            except InputError:
-                status = "unreadable"
-            if status in ("ok", "skipped"):
-                done.add(cell.cell_id)
-    return done
-
-
 def _record_skipped(cell: CellSpec, run_dir: Path, reason: str, backend: str | None) -> CellOutcome:
     """A cell the pre-flight set aside (``skip_if_unsupported``, ``--skip-unavailable``)."""
-    from harness.runner import failed_result
-
-    res = failed_result(
+    res = runfolder.failed_result(
         cell, reason, wall_seconds=0.0, backend_name=cell.backend or backend or "unknown",
         status="skipped",
     )  # fmt: skip
-    results.write_cell(run_dir, res)
+    runfolder.write_cell(run_dir, res)
     return CellOutcome(cell.cell_id, "skipped", reason, None, None)
 
 
@@ -359,13 +300,13 @@ def _start_run(
         resolved["shard"] = str(shard)
     if recording is not None:
         resolved["baseline_recording"] = recording
-    if (run_dir / "run.json").is_file():
+    if runfolder.is_run(run_dir):
         if not resume:
             raise InputError(
                 f"run folder {run_dir} already exists: pass --resume to complete it, or "
                 "choose another --run-id"
             )
-        old = results.read_run(run_dir)
+        old = runfolder.read_run(run_dir)
         if old.profile != matrix.profile or old.matrix.get("dry_run", False) != dry_run:
             raise InputError(
                 f"--resume: {run_dir} is a run of profile {old.profile!r}"
@@ -408,31 +349,21 @@ def _start_run(
                 "throughput_relative": matrix.tolerances.throughput_relative,
             },
         )
-    results.write_run(run_dir, info)
+    runfolder.write_run(run_dir, info)
     return info
-
-
-PROCESS_KIND = "transfer-bench.processes"
-PROCESS_SCHEMA = 1
 
 
 def _write_process_log(run_dir: Path, outcomes: list[CellOutcome]) -> None:
     """``processes.json``: per-cell process wall and start cost of the latest invocation."""
-    from harness import jsonio
-
-    jsonio.write_json(
-        run_dir / "processes.json",
-        {
-            "cells": [
-                {
-                    "cell_id": o.cell_id,
-                    "status": o.status,
-                    "process_seconds": o.process_seconds,
-                    "start_seconds": o.start_seconds,
-                }
-                for o in outcomes
-            ]
-        },
-        kind=PROCESS_KIND,
-        schema=PROCESS_SCHEMA,
+    runfolder.write_processes(
+        run_dir,
+        [
+            {
+                "cell_id": o.cell_id,
+                "status": o.status,
+                "process_seconds": o.process_seconds,
+                "start_seconds": o.start_seconds,
+            }
+            for o in outcomes
+        ],
     )

@@ -13,7 +13,7 @@ Per pair: the accuracy difference in points (best validation, test) against the 
 inference images/s (medians); per strategy, the mean accuracy difference and the geometric
 mean of the ratios over its datasets. Throughput ratios compare backends on the same
 machine only when both sides ran on it: between runs, the two fingerprints say whether they
-did (:mod:`harness.compare`). This module only reads results; it gates nothing.
+did (:mod:`harness.analysis.compare`). This module only reads results; it gates nothing.
 """
 
 from __future__ import annotations

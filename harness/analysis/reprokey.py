@@ -2,7 +2,7 @@
 
 On one machine type, with one lock, one backend and one thread setting, a deterministic
 cell computes the same history and weights every time (tested). So where the keys match,
-:mod:`harness.compare` asks for exactly that (the *exact tier*); where they differ, it
+:mod:`harness.analysis.compare` asks for exactly that (the *exact tier*); where they differ, it
 falls back to allowances calibrated by measured noise (the *statistical tier*).
 
 * The **run key** (:func:`run_key`, from the environment fingerprint): the hardware

@@ -20,8 +20,7 @@ from pathlib import Path
 
 from harness import fsio
 from harness.errors import InputError
-
-LOCK_NAME = ".lock"
+from harness.runfolder import LOCK_NAME
 
 
 @contextlib.contextmanager

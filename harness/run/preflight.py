@@ -1,12 +1,12 @@
 """The pre-flight of a run: every chosen cell's inputs checked, then prepared once, in the
 parent process, before any cell starts.
 
-:func:`run` (called at the start of :func:`harness.orchestrate.run_matrix`) checks, for
+:func:`run` (called at the start of :func:`harness.run.orchestrate.run_matrix`) checks, for
 every cell, without importing a framework:
 
 - the cell's backend (and Keras) is installed (``importlib.util.find_spec``);
 - its dataset and weights names are in the manifest (a typo is an input error, always);
-- its precision runs on this device (:mod:`harness.hostdevices`; a cell with
+- its precision runs on this device (:mod:`harness.run.hostdevices`; a cell with
   ``skip_if_unsupported`` is recorded as skipped instead);
 - its dataset is prepared, or fetched, or fetchable (an https source), with the splits a
   cell needs, and pinned unless ``--allow-unpinned``; its weights are pinned and present
@@ -239,7 +239,7 @@ def _cell_problems(
     memo: dict[tuple, Problem | None],
 ) -> tuple[list[Problem], str | None]:
     """(problems, reason to skip regardless of --skip-unavailable) for one cell."""
-    from harness import hostdevices
+    from harness.run import hostdevices
 
     problems: list[Problem] = []
 
@@ -377,8 +377,8 @@ def check_devices(devices: list[str] | None, backend: str | None = None) -> None
     if not devices:
         return
     from harness import backend as backend_mod
-    from harness import hostdevices
     from harness.executors.local import visible_gpus
+    from harness.run import hostdevices
 
     spec = ",".join(devices)
     if not hostdevices.nvidia_gpus():

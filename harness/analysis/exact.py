@@ -1,7 +1,7 @@
 """The exact tier: where a cell must reproduce its baseline bit for bit, where did it not?
 
-Used by :mod:`harness.compare` when the run and the baseline share a reproducibility key
-(:mod:`harness.reprokey`): then any difference in what a cell computed is a finding, not
+Used by :mod:`harness.analysis.compare` when the run and the baseline share a reproducibility key
+(:mod:`harness.analysis.reprokey`): then any difference in what a cell computed is a finding, not
 noise, however small. :func:`first_divergence` walks the result in the order it was
 computed — epoch by epoch (loss, accuracy, val loss, val accuracy, learning rate), then
 the summary accuracies, then the digest of the trained weights — and names the first
