@@ -291,7 +291,7 @@ def test_env_drift_is_refused(test_repo: Path, tmp_path: Path) -> None:
 
 def _inject_work(repo: Path) -> str:
     """Commit, on top of ``repo``'s HEAD, a revision whose every train step does more work."""
-    timing = repo / "harness" / "timing.py"
+    timing = repo / "harness" / "cell" / "timing.py"
     text = timing.read_text()
     assert text.count(INJECT_OLD) == 1  # StepTimer.on_train_batch_begin
     timing.write_text(text.replace(INJECT_OLD, INJECT_NEW))
