@@ -74,6 +74,19 @@ class Tolerances:
     false_alarm_rate: float = 0.01  # per run, for the statistical tier's limits
     min_compared: float = 1.0  # fraction of the run's ok cells the gate must compare
 
+    def recorded(self) -> dict[str, float]:
+        """What a run records (run.json ``tolerances``) and its comparison reads: every
+        tolerance the gate uses, ``ab_relative`` only when the profile sets it."""
+        out = {
+            "accuracy_points": self.accuracy_points,
+            "throughput_relative": self.throughput_relative,
+            "false_alarm_rate": self.false_alarm_rate,
+            "min_compared": self.min_compared,
+        }
+        if self.ab_relative is not None:
+            out["ab_relative"] = self.ab_relative
+        return out
+
 
 @dataclass(frozen=True)
 class BaselineRecording:

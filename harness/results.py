@@ -332,7 +332,13 @@ def run_from_dict(data: dict[str, Any], where: str = "run") -> RunInfo:
     return info
 
 
-TOLERANCE_KEYS = ("accuracy_points", "throughput_relative")
+TOLERANCE_KEYS = (
+    "accuracy_points",
+    "throughput_relative",
+    "false_alarm_rate",
+    "min_compared",
+    "ab_relative",
+)
 
 
 def check_tolerances(tolerances: dict[str, Any], where: str) -> dict[str, Any]:

@@ -122,7 +122,9 @@ def check_run_id(run_id: str) -> str:
 
 def check_ours(run_dir: Path) -> None:
     """Refuse a run folder that is not ours: a reserved name, or an existing folder with
-    no run.json that holds anything but our lock (a run that never started leaves that)."""
+    no run.json that holds anything but our lock (a run that never started leaves that) and
+    empty folders of a run's own names (nothing there to lose: e.g. ``cells/`` made ready
+    as a mount point)."""
     name = run_dir.name
     if name in RESERVED_RUN_IDS:
         raise InputError(
@@ -137,12 +139,22 @@ def check_ours(run_dir: Path) -> None:
                 f"--run-id {name!r}: {run_dir} exists and is not a folder; choose another "
                 "--run-id or --runs-dir"
             )
-        held = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_NAME)
+        held = sorted(p.name for p in run_dir.iterdir() if not _nothing_to_lose(p))
     if held:
         raise InputError(
             f"--run-id {name!r}: {run_dir} exists and is not a run folder (no run.json; it "
             f"holds {held[0]!r}); it is left untouched: choose another --run-id or --runs-dir"
         )
+
+
+def _nothing_to_lose(path: Path) -> bool:
+    """Our lock, or an empty folder named as a part of a run folder."""
+    if path.name == LOCK_NAME:
+        return True
+    parts = {CELLS, REPEATS, LOGS, TENSORBOARD, REPORT}
+    return (
+        path.name in parts and path.is_dir() and not path.is_symlink() and not any(path.iterdir())
+    )
 
 
 def resolve(run: str | Path) -> Path:

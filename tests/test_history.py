@@ -179,6 +179,41 @@ def test_incremental_update_delete_and_rebuild(tmp_path, monkeypatch):
     assert before != after
 
 
+def _update_at(runs: str, start: float) -> str:
+    """In a process of its own: wait for the common start, index ``runs``; what it got."""
+    import time
+
+    time.sleep(max(0.0, start - time.time()))
+    try:
+        history.update_index(Path(runs))
+        return "ok"
+    except Exception as exc:  # reported to the test, which names it
+        return f"{type(exc).__name__}: {exc}"
+
+
+def test_runs_ending_at_once_index_into_one_new_index(tmp_path):
+    """Two runs (shards, --jobs on one runs folder) end at the same moment and both bring the
+    index up to date, with none there yet: each must succeed, and the index hold every run
+    once (replacing the index file under the other's connection was "disk I/O error")."""
+    import concurrent.futures
+    import multiprocessing
+    import time
+
+    runs = tmp_path / "runs"
+    nightly.write_history(runs, nights=6, step_at=3)
+    ctx = multiprocessing.get_context("spawn")
+    for attempt in range(3):  # a fresh index each time: the race is at its creation
+        (runs / ".history.sqlite").unlink(missing_ok=True)
+        with concurrent.futures.ProcessPoolExecutor(4, mp_context=ctx) as pool:
+            start = time.time() + 3.0  # after the workers have imported the harness
+            got = list(pool.map(_update_at, [str(runs)] * 4, [start] * 4))
+        assert all(g.startswith("ok") for g in got), (attempt, got)
+        assert len(history.update_index(runs).unchanged) == 6
+        with sqlite3.connect(runs / ".history.sqlite") as conn:
+            assert conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 6
+        assert not [p.name for p in runs.iterdir() if p.name.endswith(".new")]
+
+
 def test_a_failed_update_leaves_the_previous_index(tmp_path, monkeypatch):
     """One transaction per update: a reader sees the index before or after it, never half."""
     runs = tmp_path / "runs"

@@ -27,12 +27,14 @@ then runs only the cells without a result.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import threading
 import time
 import uuid
 from typing import Any
 
+from harness import threads
 from harness.errors import InputError
 from harness.executors.base import CellEnd, CellJob, Executor, Hooks
 
@@ -228,6 +230,9 @@ class _Run:
             "log_rel": job.log_rel,
             "scheduler": self.ex.address,
             "host_slots": self.ex.host_slots,
+            # The run's thread settings are the driver's (its fingerprint and key record
+            # them); a worker's own, e.g. the Nanny's OMP_NUM_THREADS=1, must not stand in.
+            "thread_env": {v: os.environ[v] for v in threads.USER_VARS if os.environ.get(v)},
         }
 
     def submit(self, job: CellJob) -> Any:

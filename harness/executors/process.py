@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -99,20 +99,24 @@ def run(
     run_dir: Path,
     log_path: Path,
     env: dict[str, str] | None = None,
+    unset: Iterable[str] = (),
     on_event: Callable[[dict[str, Any]], None] | None = None,
     procs: ProcessSet | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> ProcessEnd:
     """Run one cell process to its end, its output into ``log_path``.
 
-    ``env``: variables added to this process's environment. ``should_stop``: polled every
+    ``env``: variables added to this process's environment, after ``unset`` are taken out
+    of it (a Dask worker's thread settings, replaced by the run's). ``should_stop``: polled every
     half second; when it returns True the process is stopped (a cancelled Dask task).
     A signal in the calling thread stops the process before it propagates."""
     with fsio.guard(log_path.parent, "create the log folder"):
         log_path.parent.mkdir(parents=True, exist_ok=True)
     with fsio.guard(log_path, "write"):
         log = open(log_path, "w", buffering=1)  # noqa: SIM115 (closed below, in finally)
-    envp = {**os.environ, "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid()), **(env or {})}
+    dropped = set(unset)
+    inherited = {k: v for k, v in os.environ.items() if k not in dropped}
+    envp = {**inherited, "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid()), **(env or {})}
     cmd = [*command(run_dir, args), "--spawned-at", repr(time.time())]
     t0 = time.perf_counter()
     state = _Stream(log, log_path, on_event)

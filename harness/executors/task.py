@@ -27,6 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from harness import threads
 from harness.executors import process
 
 MAX_SHIPPED_BYTES = 256 * 2**20  # TensorBoard files beyond this stay on the worker (said so)
@@ -88,7 +89,8 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
             tuple(spec["args"]),
             run_dir=run_dir,
             log_path=log_path,
-            env={process.PLACEMENT_ENV: json.dumps(placed)},
+            env={process.PLACEMENT_ENV: json.dumps(placed), **spec.get("thread_env", {})},
+            unset=threads.USER_VARS,  # the worker's (Dask's Nanny sets OMP_NUM_THREADS=1)
             on_event=on_event,
             should_stop=should_stop,
         )

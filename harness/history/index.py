@@ -264,11 +264,14 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
 
 def _create(db_path: Path) -> sqlite3.Connection:
-    """A new, empty index at ``db_path`` (written beside it, then renamed into place)."""
+    """A new, empty index at ``db_path``: written beside it, then linked into place only if
+    no other process put one there first (two runs ending at once into one runs folder:
+    replacing the index under the other's open connection broke its journal, "disk I/O
+    error"); the loser opens the winner's."""
     tmp = db_path.with_name(f".{db_path.name}.{os.getpid()}.new")
     tmp.unlink(missing_ok=True)
     conn = _open(tmp)
-    try:  # a private file until the rename: no transaction needed
+    try:  # a private file until it is linked: no transaction needed
         conn.executescript(_DDL)
         conn.execute(
             "INSERT INTO meta VALUES ('kind', ?), ('schema', ?), ('created_at', ?)",
@@ -279,7 +282,14 @@ def _create(db_path: Path) -> sqlite3.Connection:
         tmp.unlink(missing_ok=True)
         raise
     conn.close()
-    os.replace(tmp, db_path)
+    try:
+        os.link(tmp, db_path)
+    except FileExistsError:
+        pass  # another process created it first: use that one
+    except OSError:  # a file system without hard links: replace, as before
+        os.replace(tmp, db_path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return _open(db_path)
 
 
@@ -316,7 +326,9 @@ def open_index(db_path: Path, *, owned: bool = False) -> tuple[sqlite3.Connectio
                 return conn, None
             conn.close()
             rebuilt = f"{db_path}: {problem}"
-            db_path.unlink()
+            db_path.unlink(missing_ok=True)
+        elif db_path.is_file():  # empty: nothing in it (ours, or claimed above)
+            db_path.unlink(missing_ok=True)
         return _create(db_path), rebuilt
     except (sqlite3.Error, OSError) as exc:
         raise InputError(

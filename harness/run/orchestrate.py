@@ -344,10 +344,7 @@ def _start_run(
             git_commit=fp.get("git_commit"),
             started_at=datetime.now(UTC).isoformat(timespec="seconds"),
             cell_ids=tuple(c.cell_id for c in chosen),
-            tolerances={
-                "accuracy_points": matrix.tolerances.accuracy_points,
-                "throughput_relative": matrix.tolerances.throughput_relative,
-            },
+            tolerances=matrix.tolerances.recorded(),
         )
     runfolder.write_run(run_dir, info)
     return info
