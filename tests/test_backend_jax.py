@@ -14,6 +14,7 @@ side, and the GPU check's CPU dry run.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -87,27 +88,26 @@ def did_not_learn(cell: results.CellResult) -> str | None:
 
 
 @pytest.mark.slow
-def test_jax_accuracy_within_the_profile_tolerance_of_tensorflow(
-    jax_smoke_run_dir: Path, smoke_run_dir: Path
+def test_jax_accuracy_within_the_seed_noise_of_tensorflow(
+    jax_smoke_run_dir: Path, smoke_run_dir: Path, run_bench: Run
 ) -> None:
-    """Each smoke cell on JAX against the same cell on TensorFlow.
+    """Each smoke cell on JAX against TensorFlow, as the gate's statistical tier judges it.
 
     The same seed draws different random numbers on each backend (Keras's generators are
     the backend's own), so the head's initial weights, the flips and the shuffles differ: a
-    JAX cell is the TensorFlow cell at another seed, plus XLA's numerics. Measured on this
-    smoke recipe (synth-xray full-fine-tune, TensorFlow, seeds 0/1/2): test 72.0 / 82.5 /
-    76.5 %, best val 77.0 / 87.5 / 83.5 %: two seeds of one backend differ by up to 10.5
-    points, so a single cell pair is not held to the profile's ±tol (which is about
-    re-running the same backend, bit-identical on a CPU). What is asserted:
+    JAX cell is the TensorFlow cell at another seed, plus XLA's numerics. Two seeds of one
+    backend differ by up to 10.5 points on this recipe (synth-xray full-fine-tune: test
+    72.0 / 82.5 / 76.5 % for seeds 0 / 1 / 2), far beyond the profile's minimum effect, so
+    the measure is the committed TensorFlow baseline's seed noise (its noise seeds, the
+    quasi-binomial model of :mod:`harness.analysis.noise`), through ``bench compare``:
 
     - every cell with pretrained weights learned on both backends (a backend fault, such
       as BatchNorm in the wrong mode, costs tens of points and lands near chance);
-    - a cell that did not learn on either side is named, not compared: its accuracy there
+    - a cell that did not learn on either side is named, not judged: its accuracy there
       is chance plus noise (the smoke's scratch recipe does not learn reliably);
-    - every compared cell pair within 2 × tol (seed noise), and each strategy's mean
-      difference over its datasets within tol (a systematic shift between the backends).
+    - no judged cell's accuracy outside its prediction interval, and the matrix-wide
+      checks (a systematic shift between the backends) within noise.
     """
-    tol = load_matrix("smoke").tolerances.accuracy_points
     jax_cells = runfolder.read_cells(jax_smoke_run_dir)
     tf_cells = runfolder.read_cells(smoke_run_dir)
     pairs = crossbackend.between_runs(jax_cells, tf_cells, run_id="jax", base_run_id="tensorflow")
@@ -122,19 +122,38 @@ def test_jax_accuracy_within_the_profile_tolerance_of_tensorflow(
     }
     pretrained = {k for k, c in sides["tensorflow"].items() if c.config.get("weights") != "none"}
     assert not {k: v for k, v in idle.items() if v and k in pretrained}, idle
-    compared = [p for p in pairs if not idle[p.key]]
-    deltas = {p.key: (p.val_delta, p.test_delta) for p in compared}
-    print("TF -> JAX accuracy deltas (points):", json.dumps(deltas, indent=1))
-    print("not compared (did not learn):", json.dumps({k: v for k, v in idle.items() if v}))
-    outside = {k: d for k, d in deltas.items() if any(abs(x) > 2 * tol for x in d if x)}
-    assert not outside, f"beyond ±{2 * tol} points: {outside}"
-    by_strategy: dict[str, list[float]] = {}
-    for p in compared:
-        by_strategy.setdefault(p.strategy, []).extend(
-            d for d in (p.val_delta, p.test_delta) if d is not None
+    print("not judged (did not learn):", json.dumps({k: v for k, v in idle.items() if v}))
+    proc = run_bench("compare", str(jax_smoke_run_dir), "--json", "--accuracy-only")
+    data = json.loads(proc.stdout)
+    assert data["tier"] == "statistical", data["summary"]  # another backend: another key
+    idle_ids = {c.cell_id for c in jax_cells if idle[crossbackend.cell_key(c)]}
+    flagged = {
+        c["cell_id"]: [(m["metric"], m["verdict"], m["change"], m["allowed"]) for m in bad]
+        for c in data["cells"]
+        if c["cell_id"] not in idle_ids
+        and (
+            bad := [
+                m for m in c["metrics"] if m["unit"] == "points"
+                and m["verdict"] in ("regression", "improvement")
+            ]
         )
-    means = {s: sum(v) / len(v) for s, v in by_strategy.items()}
-    assert not {s: m for s, m in means.items() if abs(m) > tol}, means
+    }  # fmt: skip
+    print(
+        "TF -> JAX accuracy:", json.dumps({c["cell_id"]: c["metrics"][:2] for c in data["cells"]})
+    )
+    assert not flagged, flagged
+    # A systematic shift between the backends: Stouffer's z over the cells that learned
+    # (the gate's matrix-wide check, without the chance-level cells), at the gate's limit.
+    for check in data["matrix_checks"]:
+        standardised = [
+            m["change"] / m["se"]
+            for c in data["cells"]
+            if c["cell_id"] not in idle_ids
+            for m in c["metrics"]
+            if m["metric"] == check["metric"] and m.get("se")
+        ]
+        z = sum(standardised) / math.sqrt(len(standardised))
+        assert abs(z) <= check["limit"], (check["metric"], z, check["limit"])
 
 
 @pytest.mark.slow
@@ -142,7 +161,9 @@ def test_compare_with_a_run_folder_puts_backends_side_by_side(
     jax_smoke_run_dir: Path, smoke_run_dir: Path, run_bench: Run
 ) -> None:
     proc = run_bench("compare", str(jax_smoke_run_dir), "--baseline", str(smoke_run_dir))
-    assert proc.returncode in (0, 1), proc.stderr
+    # Judged in the statistical tier (each backend's default jit_compile is not a config
+    # difference): a scratch cell that learned on one side only may fail it (exit 1).
+    assert proc.returncode in (0, 1) and "statistical tier" in proc.stdout, proc.stderr
     assert "Side by side:" in proc.stdout
     for strategy in ("scratch", "feature-extract", "fine-tune", "full-fine-tune"):
         assert "tensorflow (smoke) -> jax (smoke-jax)" in proc.stdout

@@ -342,3 +342,29 @@ def test_thread_rule_is_measured_work_over_cores() -> None:
     env: dict[str, str] = {}
     threads.apply(small, env)
     assert env["TF_NUM_INTRAOP_THREADS"] == env["OMP_NUM_THREADS"] == "1"
+
+
+def test_each_backends_default_jit_compile_is_not_a_config_difference() -> None:
+    """JAX always compiles, TensorFlow runs a graph: with nothing set in the profile a JAX
+    run's cells record jit_compile True and the TensorFlow baseline's False. That is the
+    backend's doing (the key already differs), so the pair is judged, not "not comparable"
+    (every cell was, and a JAX run's gate compared nothing); a jit_compile the profile
+    set against the backend's default, or within one backend, still differs."""
+    from dataclasses import replace
+
+    from harness.analysis.reprokey import cell_config_differences
+
+    recorded = Path(__file__).resolve().parent / "recorded" / "run-1ed2cec"
+    [tf] = runfolder.read_cells(recorded)
+
+    def on(cell, backend: str, jit: bool):
+        extra = {**cell.extra, "backend": {**cell.extra["backend"], "name": backend}}
+        return replace(cell, config={**cell.config, "jit_compile": jit}, extra=extra)
+
+    assert tf.extra["backend"]["name"] == "tensorflow" and tf.config["jit_compile"] is False
+    assert cell_config_differences(tf, on(tf, "jax", True)) == []
+    assert cell_config_differences(tf, on(tf, "jax", False)) == []  # same value: no difference
+    assert cell_config_differences(on(tf, "tensorflow", True), on(tf, "jax", False)) == [
+        "jit_compile"
+    ]  # the profile set both against their backends' defaults
+    assert cell_config_differences(tf, on(tf, "tensorflow", True)) == ["jit_compile"]

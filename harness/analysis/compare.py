@@ -520,7 +520,7 @@ class _Plan:
             and b is not None
             and r.ok
             and b.ok
-            and not config_differences(b.config, r.config)
+            and not reprokey.cell_config_differences(b, r)
         )
 
     def families(self, gated: bool) -> dict[str, int]:
@@ -684,7 +684,7 @@ def _unjudged(
         return CellComparison(cid, NEW, reason="not in the baseline")
     if not base_cell.ok:
         return CellComparison(cid, NOT_COMPARABLE, reason=f"{base_cell.status} in the baseline")
-    diffs = config_differences(base_cell.config, run_cell.config)
+    diffs = reprokey.cell_config_differences(base_cell, run_cell)
     if diffs:
         shown = ", ".join(
             f"{k} {_short(flatten(base_cell.config).get(k))} -> "

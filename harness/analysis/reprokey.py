@@ -25,7 +25,7 @@ import hashlib
 import json
 from typing import Any
 
-from harness import env
+from harness import backend, env
 from harness.results import CellResult
 
 KEY_VERSION = 1
@@ -146,3 +146,34 @@ def cell_exact_problem(base: CellResult, run: CellResult) -> str | None:
     if tb is None or tr is None or tb != tr:
         return f"threads {_short(tb)} -> {_short(tr)}"
     return None
+
+
+def _backend_of(cell: CellResult) -> str | None:
+    info = cell.extra.get("backend") if isinstance(cell.extra, dict) else None
+    name = info.get("name") if isinstance(info, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def _jit_is_backend_default(cell: CellResult, name: str) -> bool:
+    try:
+        return cell.config.get("jit_compile") == backend.resolve_jit_compile(None, name)
+    except (ImportError, ValueError, KeyError):  # a backend this harness does not know
+        return False
+
+
+def cell_config_differences(base: CellResult, run: CellResult) -> list[str]:
+    """:func:`config_differences` of two cells' configs, where a cell of another backend may
+    differ in ``jit_compile`` when each side runs its backend's default (JAX always
+    compiles, TensorFlow runs a graph): the backend decided it, not the profile, and the
+    backend is already part of the key that sends such a pair to the statistical tier."""
+    diffs = config_differences(base.config, run.config)
+    if "jit_compile" in diffs:
+        names = (_backend_of(base), _backend_of(run))
+        if (
+            None not in names
+            and names[0] != names[1]
+            and _jit_is_backend_default(base, names[0])  # type: ignore[arg-type]
+            and _jit_is_backend_default(run, names[1])  # type: ignore[arg-type]
+        ):
+            diffs.remove("jit_compile")
+    return diffs
