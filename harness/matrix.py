@@ -77,15 +77,7 @@ class Tolerances:
     def recorded(self) -> dict[str, float]:
         """What a run records (run.json ``tolerances``) and its comparison reads: every
         tolerance the gate uses, ``ab_relative`` only when the profile sets it."""
-        out = {
-            "accuracy_points": self.accuracy_points,
-            "throughput_relative": self.throughput_relative,
-            "false_alarm_rate": self.false_alarm_rate,
-            "min_compared": self.min_compared,
-        }
-        if self.ab_relative is not None:
-            out["ab_relative"] = self.ab_relative
-        return out
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
 @dataclass(frozen=True)

@@ -154,10 +154,12 @@ def _backend_of(cell: CellResult) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def _jit_is_backend_default(cell: CellResult, name: str) -> bool:
+def _jit_is_backend_default(cell: CellResult, name: str | None) -> bool:
+    if name is None:
+        return False
     try:
         return cell.config.get("jit_compile") == backend.resolve_jit_compile(None, name)
-    except (ImportError, ValueError, KeyError):  # a backend this harness does not know
+    except ValueError:  # a backend this harness does not know (harness.backends.load)
         return False
 
 
@@ -167,13 +169,12 @@ def cell_config_differences(base: CellResult, run: CellResult) -> list[str]:
     compiles, TensorFlow runs a graph): the backend decided it, not the profile, and the
     backend is already part of the key that sends such a pair to the statistical tier."""
     diffs = config_differences(base.config, run.config)
-    if "jit_compile" in diffs:
-        names = (_backend_of(base), _backend_of(run))
-        if (
-            None not in names
-            and names[0] != names[1]
-            and _jit_is_backend_default(base, names[0])  # type: ignore[arg-type]
-            and _jit_is_backend_default(run, names[1])  # type: ignore[arg-type]
-        ):
-            diffs.remove("jit_compile")
+    base_backend, run_backend = _backend_of(base), _backend_of(run)
+    if (
+        "jit_compile" in diffs
+        and base_backend != run_backend
+        and _jit_is_backend_default(base, base_backend)
+        and _jit_is_backend_default(run, run_backend)
+    ):
+        diffs.remove("jit_compile")
     return diffs
